@@ -1,0 +1,377 @@
+"""Typed, validated configuration: dataclasses, YAML in and out, ``--set key=value`` overrides.
+
+Every field has a type, a default and a docstring. Construction checks every value
+(choices of ``Literal`` fields, numeric ranges), so a bad config fails at start-up with
+one line naming the key, never hours into a run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+from bigbatch.errors import UserError
+
+Task = Literal["lm", "classify", "translate"]
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 0
+    """Token vocabulary size; 0 = take it from the tokenizer."""
+    d_model: int = 256
+    """Width of the residual stream."""
+    n_heads: int = 4
+    """Attention heads per layer; d_model must be divisible by it."""
+    n_layers: int = 4
+    """Transformer blocks (decoder-only LM, encoder-only classifier)."""
+    n_encoder_layers: Optional[int] = None
+    """Encoder blocks of a seq2seq model; None = n_layers."""
+    n_decoder_layers: Optional[int] = None
+    """Decoder blocks of a seq2seq model; None = n_layers."""
+    d_ff: Optional[int] = None
+    """Hidden width of the feed-forward layer; None = 4 * d_model."""
+    dropout: float = 0.0
+    """Dropout on embeddings, attention weights and residual branches."""
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
+    """Normalisation layer."""
+    norm_first: bool = True
+    """Pre-norm (True, GPT-2 style) or post-norm (False, the original Transformer)."""
+    pos: Literal["sinusoidal", "learned", "rope"] = "learned"
+    """Positional encoding: fixed sinusoids, a learned table, or rotary (RoPE)."""
+    max_len: int = 256
+    """Longest sequence the positional encoding covers."""
+    activation: Literal["gelu", "gelu_tanh", "relu"] = "gelu"
+    """Feed-forward non-linearity."""
+    bias: bool = True
+    """Biases in linear layers."""
+    tie_embeddings: bool = True
+    """Share the token embedding with the output projection."""
+    num_classes: int = 0
+    """Classifier outputs; 0 = take it from the data."""
+    pool: Literal["mean", "cls"] = "mean"
+    """Classifier pooling: mean over non-pad tokens, or the first token."""
+    pad_id: Optional[int] = None
+    """Padding token id (source masks of seq2seq models); None = no padding."""
+
+    def __post_init__(self):
+        _positive(self, "d_model", "n_heads", "n_layers", "max_len")
+        _non_negative(self, "vocab_size", "num_classes")
+        _fraction(self, "dropout")
+        if self.d_model % self.n_heads:
+            raise UserError(
+                f"model.d_model={self.d_model} must be divisible by model.n_heads={self.n_heads}"
+            )
+        if self.pos == "rope" and (self.d_model // self.n_heads) % 2:
+            raise UserError("model.pos=rope needs an even head size (d_model / n_heads)")
+
+
+@dataclass
+class DataConfig:
+    source: str = "builtin:python-stdlib"
+    """Training data: a path, glob, or builtin:NAME corpus."""
+    valid_source: Optional[str] = None
+    """Validation data; None = the source's own deterministic valid split."""
+    test_source: Optional[str] = None
+    """Test data; None = the source's own deterministic test split."""
+    tokenizer: str = "byte"
+    """Tokenizer: byte (UTF-8 bytes, no training)."""
+    shard_dir: Optional[str] = None
+    """Where prepared token shards live; None = the user cache."""
+    num_workers: int = 0
+    """Data-loader worker processes."""
+    skip_bad_rows: bool = False
+    """Skip and count malformed rows instead of stopping."""
+    text_field: str = "text"
+    """JSONL key / column holding the text."""
+    label_field: str = "label"
+    """JSONL key / column holding the class label."""
+    src_field: str = "src"
+    """JSONL key / column holding the source sentence (translation)."""
+    tgt_field: str = "tgt"
+    """JSONL key / column holding the target sentence (translation)."""
+    seq_len: int = 256
+    """Tokens per training row of a language model (the context length)."""
+
+    def __post_init__(self):
+        _positive(self, "seq_len")
+        _non_negative(self, "num_workers")
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 1000
+    """Optimiser steps to run."""
+    max_tokens: Optional[int] = None
+    """Stop after this many training tokens (whichever of the limits comes first)."""
+    max_time_s: Optional[float] = None
+    """Stop after this many seconds of training."""
+    global_batch_size: Optional[int] = None
+    """Examples (LM: rows of seq_len tokens) per optimiser step."""
+    global_batch_tokens: Optional[int] = None
+    """Tokens per optimiser step (LM: a multiple of data.seq_len); alternative to global_batch_size."""
+    micro_batch_size: Optional[int] = None
+    """Examples per forward/backward; None = the whole global batch. The rest is gradient accumulation."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """Compute precision: fp32, or bf16 autocast."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this; 0 = no clipping."""
+    activation_checkpointing: bool = False
+    """Recompute each block's activations in backward to save memory."""
+    compile: bool = False
+    """Compile the model with torch.compile."""
+    seed: int = 0
+    """Seed of initialisation, data order and dropout."""
+    eval_every: int = 200
+    """Evaluate on the validation split every this many steps (0 = only at the end)."""
+    eval_batches: int = 20
+    """Micro-batches in a periodic evaluation (the final evaluation reads the whole split)."""
+    save_every: int = 500
+    """Write a checkpoint every this many steps (0 = only at the end)."""
+    keep_last: int = 2
+    """Checkpoints kept on disk."""
+    log_every: int = 10
+    """Write a metrics row every this many steps."""
+    device: str = "auto"
+    """cpu, cuda, cuda:N, or auto (cuda when available)."""
+    sample_prompt: str = "def "
+    """Language models: prompt of the sample printed at the end ("" = none)."""
+    sample_tokens: int = 200
+    """Language models: length of the sample printed at the end."""
+
+    def __post_init__(self):
+        _positive(self, "max_steps", "log_every", "keep_last", "eval_batches")
+        _positive(self, "global_batch_size", "global_batch_tokens", "micro_batch_size", "max_tokens")
+        _non_negative(self, "eval_every", "save_every", "grad_clip", "sample_tokens")
+        if self.global_batch_size and self.global_batch_tokens:
+            raise UserError("set one of train.global_batch_size and train.global_batch_tokens, not both")
+
+
+@dataclass
+class OptimConfig:
+    name: Literal["adamw", "sgd"] = "adamw"
+    """Optimiser."""
+    lr: float = 1e-3
+    """Peak learning rate."""
+    base_lr: Optional[float] = None
+    """The learning rate as given, before batch-size scaling (filled in by the trainer)."""
+    weight_decay: float = 0.1
+    """Decoupled weight decay on matrices (not on biases, norms)."""
+    betas: tuple[float, float] = (0.9, 0.95)
+    """Adam betas."""
+    eps: float = 1e-8
+    """Adam epsilon."""
+    momentum: float = 0.9
+    """SGD momentum."""
+    warmup_steps: int = 100
+    """Linear warm-up from 0 to the peak learning rate."""
+    schedule: Literal["constant", "linear", "cosine", "inverse_sqrt", "wsd"] = "cosine"
+    """Learning-rate shape after warm-up."""
+    min_lr_ratio: float = 0.1
+    """Final learning rate of cosine / linear / wsd decay, as a fraction of the peak."""
+    decay_fraction: float = 0.2
+    """wsd: the fraction of training spent in the final decay."""
+    scale_rule: Literal["none"] = "none"
+    """Learning-rate scaling with the global batch."""
+    reference_batch: Optional[int] = None
+    """Global batch the learning rate was tuned at (for scale_rule)."""
+
+    def __post_init__(self):
+        _positive(self, "lr", "eps")
+        _non_negative(self, "weight_decay", "warmup_steps", "momentum")
+        _fraction(self, "min_lr_ratio", "decay_fraction")
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise UserError(f"optim.betas must lie in [0, 1), got {list(self.betas)}")
+
+
+@dataclass
+class Config:
+    task: Task = "lm"
+    """lm (next-token prediction), classify, or translate."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["optim"]["betas"] = list(self.optim.betas)
+        return d
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _check_each(obj, names, ok, expected):
+    for name in names:
+        value = getattr(obj, name)
+        if value is not None and not ok(value):
+            raise UserError(f"{_SECTION[type(obj)]}.{name}={value!r} is invalid: expected {expected}")
+
+
+def _positive(obj, *names):
+    _check_each(obj, names, lambda v: v > 0, "a number > 0")
+
+
+def _non_negative(obj, *names):
+    _check_each(obj, names, lambda v: v >= 0, "a number >= 0")
+
+
+def _fraction(obj, *names):
+    _check_each(obj, names, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
+
+
+_SECTION = {ModelConfig: "model", DataConfig: "data", TrainConfig: "train", OptimConfig: "optim"}
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Check ``value`` against the type ``hint`` of ``key``; convert where lossless (1 -> 1.0)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union or origin is types.UnionType:
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if origin is Literal:
+        if value not in args:
+            raise UserError(f"{key}={value!r} is invalid: expected one of {', '.join(map(str, args))}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise UserError(f"{key}={value!r} is invalid: expected a list of {len(args)} numbers")
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise UserError(f"{key}={value!r} is invalid: expected true or false")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise UserError(f"{key}={value!r} is invalid: expected an integer")
+    if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise UserError(f"{key}={value!r} is invalid: expected a number")
+    if hint is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise UserError(f"{key}={value!r} is invalid: expected a string")
+    raise TypeError(f"unsupported config type {hint} for {key}")
+
+
+def _nearest(name: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.5)
+    return f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(choices)})"
+
+
+def _build(cls, values: dict, prefix: str, where: dict[str, str]):
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            raise UserError(f"{where.get(full, '')}unknown config key '{full}'" + _nearest(full, [f"{prefix}{n}" for n in names]))
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise UserError(f"{where.get(full, '')}{full} must be a mapping of keys, got {value!r}")
+            kwargs[key] = _build(hint, value, f"{full}.", where)
+        else:
+            try:
+                kwargs[key] = _coerce(value, hint, full)
+            except UserError as e:
+                raise UserError(f"{where.get(full, '')}{e}") from None
+    try:
+        return cls(**kwargs)
+    except UserError as e:
+        key = str(e).split("=", 1)[0].split(" ")[0]
+        raise UserError(f"{where.get(key, '')}{e}") from None
+
+
+def from_dict(values: dict, where: dict[str, str] | None = None) -> Config:
+    """Build a validated Config from nested dicts; ``where`` maps keys to "file:line: " prefixes."""
+    return _build(Config, values or {}, "", where or {})
+
+
+def _key_lines(text: str, path: str) -> dict[str, str]:
+    """Map every dotted key of a YAML document to "path:line: " for error messages."""
+    where: dict[str, str] = {}
+
+    def walk(node, prefix):
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                key = f"{prefix}{k.value}"
+                where[key] = f"{path}:{k.start_mark.line + 1}: "
+                walk(v, key + ".")
+
+    walk(yaml.compose(text), "")
+    return where
+
+
+def parse_set(items: list[str]) -> dict:
+    """``["train.max_steps=10", ...]`` -> nested dict; values are parsed as YAML scalars."""
+    out: dict = {}
+    for item in items:
+        if "=" not in item:
+            raise UserError(f"--set {item!r}: expected key=value, e.g. --set train.max_steps=100")
+        key, raw = item.split("=", 1)
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError(f"--set {item!r}: {part} is not a section")
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    return out
+
+
+def merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for k, v in override.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = (), base: Config | None = None) -> Config:
+    """Read a YAML config (or start from ``base``, default Config()) and apply ``--set`` overrides."""
+    values = base.to_dict() if base is not None else {}
+    where: dict[str, str] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as e:
+            raise UserError(f"cannot read config {path}: {e.strerror}") from None
+        try:
+            loaded = yaml.safe_load(text) or {}
+            where = _key_lines(text, str(path))
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            line = f":{mark.line + 1}" if mark else ""
+            raise UserError(f"{path}{line}: not valid YAML ({getattr(e, 'problem', e)})") from None
+        if not isinstance(loaded, dict):
+            raise UserError(f"{path}: expected a mapping of config keys at the top level")
+        values = merge(values, loaded)
+    values = merge(values, parse_set(list(overrides)))
+    return from_dict(values, where)

@@ -1,0 +1,1 @@
+"""Evaluation: task metrics on a split."""

@@ -1,0 +1,13 @@
+"""Model building blocks and task models; nothing here knows about training."""
+
+from bigbatch.nn.attention import MultiHeadAttention, scaled_dot_product_attention
+from bigbatch.nn.generate import beam_search, generate, translate
+from bigbatch.nn.layers import Block, FeedForward, RotaryEmbedding
+from bigbatch.nn.models import CausalLM, Seq2Seq, TextClassifier, build_model, count_parameters, flops_per_token
+from bigbatch.nn.transformer import Decoder, Encoder
+
+__all__ = [
+    "Block", "CausalLM", "Decoder", "Encoder", "FeedForward", "MultiHeadAttention", "RotaryEmbedding",
+    "Seq2Seq", "TextClassifier", "beam_search", "build_model", "count_parameters", "flops_per_token",
+    "generate", "scaled_dot_product_attention", "translate",
+]

@@ -1,0 +1,168 @@
+"""Task models built from one Block library: CausalLM, Seq2Seq, TextClassifier.
+
+Each takes a ModelConfig and/or keyword overrides of its fields:
+``CausalLM(vocab_size=258, d_model=128, n_heads=4, n_layers=2)``. ``forward`` returns
+logits; losses live in bigbatch.objectives.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from torch import Tensor, nn
+
+from bigbatch.config import ModelConfig
+from bigbatch.nn.attention import MultiHeadAttention
+from bigbatch.nn.layers import Embedding
+from bigbatch.nn.transformer import DecodeCache, Decoder, Encoder
+
+
+def _resolve(config: ModelConfig | None, overrides: dict, needs: tuple[str, ...]) -> ModelConfig:
+    cfg = ModelConfig(**overrides) if config is None else dataclasses.replace(config, **overrides)
+    for name in needs:
+        if getattr(cfg, name) <= 0:
+            raise ValueError(f"model.{name} must be set (> 0) to build this model")
+    return cfg
+
+
+def init_weights(model: nn.Module, n_layers: int) -> None:
+    """GPT-2 initialisation: N(0, 0.02) matrices and embeddings, zero biases, and residual
+    output projections scaled by 1/√(2·n_layers) so the residual stream keeps its size."""
+    for name, p in model.named_parameters():
+        if p.dim() >= 2:
+            std = 0.02
+            if name.endswith(("out_proj.weight", "fc2.weight")):
+                std /= math.sqrt(2 * n_layers)
+            nn.init.normal_(p, mean=0.0, std=std)
+        elif name.endswith("bias"):
+            nn.init.zeros_(p)
+
+
+class CausalLM(nn.Module):
+    """Decoder-only language model (GPT-style). input_ids (B, T) -> logits (B, T, V)."""
+
+    def __init__(self, config: ModelConfig | None = None, **overrides):
+        super().__init__()
+        cfg = self.config = _resolve(config, overrides, ("vocab_size",))
+        self.embed = Embedding(cfg.vocab_size, cfg.d_model, cfg.max_len, cfg.pos, cfg.dropout)
+        self.decoder = Decoder(cfg, cfg.n_layers)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        init_weights(self, cfg.n_layers)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.embed.tok.weight
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
+                cache: DecodeCache | None = None) -> Tensor:
+        """input_ids (B, L); attention_mask (B, past + L), 1 = real token; cache for decoding."""
+        offset = cache.length if cache is not None else 0
+        h = self.decoder(self.embed(input_ids, offset), key_mask=attention_mask, cache=cache)
+        return self.lm_head(h)
+
+    def new_cache(self, batch: int, max_len: int) -> DecodeCache:
+        p = self.lm_head.weight
+        return self.decoder.new_cache(batch, min(max_len, self.config.max_len), p.dtype, p.device)
+
+
+class Seq2Seq(nn.Module):
+    """Encoder-decoder translator with shared source/target embeddings.
+
+    src_ids (B, S), tgt_ids (B, T) -> logits (B, T, V). Source padding is masked with
+    ``src_mask`` (B, S), or from ``config.pad_id``; targets are right-padded.
+    """
+
+    def __init__(self, config: ModelConfig | None = None, **overrides):
+        super().__init__()
+        cfg = self.config = _resolve(config, overrides, ("vocab_size",))
+        self.embed = Embedding(cfg.vocab_size, cfg.d_model, cfg.max_len, cfg.pos, cfg.dropout)
+        self.encoder = Encoder(cfg, cfg.n_encoder_layers or cfg.n_layers)
+        self.decoder = Decoder(cfg, cfg.n_decoder_layers or cfg.n_layers, cross_attention=True)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        init_weights(self, max(len(self.encoder.blocks), len(self.decoder.blocks)))
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.embed.tok.weight
+
+    def source_mask(self, src_ids: Tensor, src_mask: Tensor | None) -> Tensor | None:
+        if src_mask is None and self.config.pad_id is not None:
+            src_mask = src_ids != self.config.pad_id
+        return src_mask
+
+    def encode(self, src_ids: Tensor, src_mask: Tensor | None = None) -> Tensor:
+        """src_ids (B, S) -> memory (B, S, D)."""
+        return self.encoder(self.embed(src_ids), key_mask=self.source_mask(src_ids, src_mask))
+
+    def decode(self, tgt_ids: Tensor, memory: Tensor | None = None, src_mask: Tensor | None = None,
+               cache: DecodeCache | None = None) -> Tensor:
+        """tgt_ids (B, T) -> logits (B, T, V), attending to memory (or the cache's copy of it)."""
+        offset = cache.length if cache is not None else 0
+        h = self.decoder(self.embed(tgt_ids, offset), memory=None if cache is not None else memory,
+                         memory_mask=src_mask, cache=cache)
+        return self.lm_head(h)
+
+    def forward(self, src_ids: Tensor, tgt_ids: Tensor, src_mask: Tensor | None = None) -> Tensor:
+        src_mask = self.source_mask(src_ids, src_mask)
+        return self.decode(tgt_ids, self.encode(src_ids, src_mask), src_mask)
+
+    def new_cache(self, memory: Tensor, src_mask: Tensor | None, max_len: int) -> DecodeCache:
+        p = self.lm_head.weight
+        return self.decoder.new_cache(memory.size(0), min(max_len, self.config.max_len), p.dtype, p.device,
+                                      memory=memory, memory_mask=src_mask)
+
+
+class TextClassifier(nn.Module):
+    """Encoder-only classifier (BERT-style). input_ids (B, T), attention_mask (B, T) -> logits (B, C)."""
+
+    def __init__(self, config: ModelConfig | None = None, **overrides):
+        super().__init__()
+        cfg = self.config = _resolve(config, overrides, ("vocab_size", "num_classes"))
+        self.embed = Embedding(cfg.vocab_size, cfg.d_model, cfg.max_len, cfg.pos, cfg.dropout)
+        self.encoder = Encoder(cfg, cfg.n_layers)
+        self.head = nn.Linear(cfg.d_model, cfg.num_classes)
+        init_weights(self, cfg.n_layers)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        if attention_mask is None and self.config.pad_id is not None:
+            attention_mask = input_ids != self.config.pad_id
+        h = self.encoder(self.embed(input_ids), key_mask=attention_mask)  # (B, T, D)
+        if self.config.pool == "cls":
+            pooled = h[:, 0]
+        elif attention_mask is None:
+            pooled = h.mean(dim=1)
+        else:
+            m = attention_mask.to(h.dtype).unsqueeze(-1)  # (B, T, 1)
+            pooled = (h * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
+        return self.head(pooled)
+
+
+def count_parameters(model: nn.Module, non_embedding: bool = False) -> int:
+    """Trainable parameters, shared tensors counted once; ``non_embedding`` leaves out the
+    token and learned position tables (the usual convention of scaling-law papers)."""
+    seen, total = set(), 0
+    for name, p in model.named_parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        if non_embedding and (".tok." in f".{name}" or ".pos." in f".{name}"):
+            continue
+        total += p.numel()
+    return total
+
+
+def flops_per_token(model: nn.Module, seq_len: int) -> float:
+    """Training FLOPs per token (forward + backward), Kaplan et al. / PaLM appendix B:
+    6 per weight of every matrix multiply (the tied output projection included) plus
+    12 · d_model · seq_len per attention layer for QKᵀ and AV."""
+    flops = 0.0
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            flops += 6.0 * module.in_features * module.out_features
+        elif isinstance(module, MultiHeadAttention):
+            flops += 12.0 * module.d_model * seq_len
+    return flops
+
+
+def build_model(task: str, config: ModelConfig) -> nn.Module:
+    """The model of a task: lm -> CausalLM, translate -> Seq2Seq, classify -> TextClassifier."""
+    models = {"lm": CausalLM, "translate": Seq2Seq, "classify": TextClassifier}
+    return models[task](config)
+

@@ -1,0 +1,54 @@
+"""Objectives: (model, batch) -> (loss_sum, n_targets, logs). Sums, never means.
+
+The training loop divides the summed loss of every micro-batch by the number of targets in
+the whole global batch, once; that is what makes gradient accumulation and data parallelism
+exact when sequences are ragged and padded.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor
+
+IGNORE = -100
+
+
+def _token_loss(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Summed cross-entropy over labels != IGNORE, and their count. logits (..., V), labels (...)."""
+    loss_sum = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1),
+                               ignore_index=IGNORE, reduction="sum")
+    return loss_sum, (labels != IGNORE).sum()
+
+
+def lm_objective(model, batch: dict) -> tuple[Tensor, Tensor, dict]:
+    """Next-token prediction. batch["input_ids"] (B, T + 1) packed rows; or input_ids (B, T) with
+    labels (B, T) already shifted (IGNORE = no target) and an optional attention_mask."""
+    ids = batch["input_ids"]
+    if "labels" in batch:
+        inputs, labels = ids, batch["labels"]
+    else:
+        inputs, labels = ids[:, :-1], ids[:, 1:]
+    logits = model(inputs, attention_mask=batch.get("attention_mask"))
+    loss_sum, n = _token_loss(logits, labels)
+    return loss_sum, n, {}
+
+
+def translate_objective(model, batch: dict) -> tuple[Tensor, Tensor, dict]:
+    """Teacher-forced translation. batch: src_ids (B, S), src_mask (B, S), tgt_ids (B, T + 1) =
+    bos, target, eos, then padding; tgt_mask (B, T + 1) True on real tokens."""
+    tgt, mask = batch["tgt_ids"], batch["tgt_mask"]
+    labels = tgt[:, 1:].masked_fill(~mask[:, 1:].bool(), IGNORE)
+    logits = model(batch["src_ids"], tgt[:, :-1], src_mask=batch.get("src_mask"))
+    loss_sum, n = _token_loss(logits, labels)
+    return loss_sum, n, {}
+
+
+def classify_objective(model, batch: dict) -> tuple[Tensor, Tensor, dict]:
+    """Sequence classification: input_ids (B, T), attention_mask (B, T), labels (B,). One target per example."""
+    logits = model(batch["input_ids"], batch.get("attention_mask"))
+    loss_sum = F.cross_entropy(logits.float(), batch["labels"], reduction="sum")
+    correct = (logits.argmax(dim=-1) == batch["labels"]).sum()
+    return loss_sum, batch["labels"].new_tensor(batch["labels"].numel()), {"correct": correct}
+
+
+OBJECTIVES = {"lm": lm_objective, "translate": translate_objective, "classify": classify_objective}

@@ -1,0 +1,326 @@
+"""The one training loop: global batch -> micro-batches -> exact loss normalisation -> step.
+
+    for each optimiser step:
+        fetch the k micro-batches of the global batch, count their targets N
+        for each micro-batch: (loss_sum / N).backward()      # sums, divided once by N
+        clip, step, schedule; log, evaluate, checkpoint on their cadences
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import random
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from bigbatch.config import Config
+from bigbatch.data.lm import RowStream, load_lm_split
+from bigbatch.data.tokenizer import get_tokenizer
+from bigbatch.distributed.parallelize import apply_ac, apply_compile
+from bigbatch.errors import UserError
+from bigbatch.evaluate.lm import evaluate_lm, unigram_bits_per_byte
+from bigbatch.nn.generate import generate
+from bigbatch.nn.models import build_model, count_parameters, flops_per_token
+from bigbatch.objectives import OBJECTIVES
+from bigbatch.train.checkpoint import latest_checkpoint, load_training_state, save_checkpoint
+from bigbatch.train.metrics import MetricsLogger, peak_flops, write_run_plots
+from bigbatch.train.optim import build_optimizer, build_scheduler
+
+
+@dataclasses.dataclass
+class BatchPlan:
+    global_rows: int
+    micro_rows: int
+    accum_steps: int
+    seq_len: int
+
+    @property
+    def global_tokens(self) -> int:
+        return self.global_rows * self.seq_len
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"train.device={name}: CUDA is not available on this machine; use cpu or auto")
+    return torch.device(name)
+
+
+def plan_batch(cfg: Config) -> BatchPlan:
+    """Global batch (rows of seq_len) -> micro-batch and accumulation steps; numbers checked."""
+    t, seq_len = cfg.train, cfg.data.seq_len
+    if t.global_batch_tokens:
+        if t.global_batch_tokens % seq_len:
+            raise UserError(f"train.global_batch_tokens={t.global_batch_tokens} is not a multiple of "
+                            f"data.seq_len={seq_len}")
+        global_rows = t.global_batch_tokens // seq_len
+    else:
+        global_rows = t.global_batch_size or t.micro_batch_size or 16
+    micro = t.micro_batch_size or global_rows
+    if micro > global_rows or global_rows % micro:
+        raise UserError(f"global batch of {global_rows} examples is not a whole number of "
+                        f"train.micro_batch_size={micro} micro-batches")
+    return BatchPlan(global_rows, micro, global_rows // micro, seq_len)
+
+
+def resolve_config(cfg: Config, vocab_size: int) -> Config:
+    """Fill values the config left to the trainer (vocab size, base_lr) and check they fit."""
+    model = cfg.model
+    if model.vocab_size == 0:
+        model = dataclasses.replace(model, vocab_size=vocab_size)
+    elif model.vocab_size < vocab_size:
+        raise UserError(f"model.vocab_size={model.vocab_size} is smaller than the tokenizer's {vocab_size}")
+    if cfg.data.seq_len > model.max_len:
+        raise UserError(f"data.seq_len={cfg.data.seq_len} is longer than model.max_len={model.max_len}")
+    optim = dataclasses.replace(cfg.optim, base_lr=cfg.optim.base_lr or cfg.optim.lr)
+    return dataclasses.replace(cfg, model=model, optim=optim)
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class _StopSignal:
+    """SIGTERM / SIGINT set a flag; the loop finishes its step, checkpoints and stops."""
+
+    def __init__(self):
+        self.signum = None
+        self._previous = {}
+
+    def __enter__(self):
+        for s in (signal.SIGTERM, signal.SIGINT):
+            self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+
+def _check_compatible(saved_path: Path, cfg: Config) -> None:
+    from bigbatch.config import load_config
+
+    saved = load_config(saved_path / "config.yaml")
+    diff = [f"model.{k}: {getattr(saved.model, k)} -> {getattr(cfg.model, k)}"
+            for k in dataclasses.asdict(cfg.model) if getattr(saved.model, k) != getattr(cfg.model, k)]
+    if saved.task != cfg.task or diff:
+        raise UserError(f"cannot resume {saved_path}: the model differs from the checkpoint's ({'; '.join(diff) or 'task'})")
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "bf16":
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def train(cfg: Config, run_dir: str | Path | None = None, progress: bool = True) -> dict:
+    """Train ``cfg`` into ``run_dir`` (resuming from its latest checkpoint if it has one).
+
+    Returns a summary: step, tokens, valid loss / bits per byte, unigram baseline, tokens/s, wall time.
+    """
+    wall_start = time.time()
+    if cfg.task != "lm":
+        raise UserError(f"task={cfg.task}: `bigbatch train` runs task=lm so far")
+    device = resolve_device(cfg.train.device)
+    tokenizer = get_tokenizer(cfg.data.tokenizer)
+    cfg = resolve_config(cfg, tokenizer.vocab_size)
+    plan = plan_batch(cfg)
+    d = cfg.data
+    train_tokens = load_lm_split(d.source, None, "train", tokenizer, d.seq_len)
+    valid_tokens = load_lm_split(d.source, d.valid_source, "valid", tokenizer, d.seq_len)
+    stream = RowStream(train_tokens, d.seq_len, plan.micro_rows, seed=cfg.train.seed)
+
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.task, cfg.model).to(device)
+    optimizer = build_optimizer(model, cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.max_steps)
+
+    run_dir = Path(run_dir) if run_dir else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state = {"step": 0, "tokens": 0}
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is not None:
+        _check_compatible(ckpt, cfg)
+        saved = load_training_state(ckpt, model, optimizer)
+        scheduler.load_state_dict(saved["scheduler"])
+        stream.load_state_dict(saved["data"])
+        _set_rng_state(saved["rng"])
+        state = {"step": saved["step"], "tokens": saved["tokens"]}
+        print(f"resuming {run_dir} from {ckpt.name} (step {state['step']}, {state['tokens']:,} tokens)", file=sys.stderr)
+    (run_dir / "config.yaml").write_text(cfg.to_yaml())
+
+    fpt = flops_per_token(model, d.seq_len)
+    _print_header(cfg, model, plan, device, fpt, len(train_tokens), len(valid_tokens))
+    if cfg.train.activation_checkpointing:
+        apply_ac(model)
+    if cfg.train.compile:
+        apply_compile(model)
+    ctx = _Context(cfg, plan, model, optimizer, scheduler, stream, valid_tokens, device, run_dir,
+                   MetricsLogger(run_dir, resume_step=state["step"] if ckpt else None),
+                   peak_flops(device, cfg.train.precision), fpt)
+    try:
+        with _StopSignal() as stop:
+            _run(ctx, state, stop, progress)
+        if stop.signum is not None:
+            return {"run_dir": str(run_dir), "stopped_by_signal": stop.signum, **state}
+        return _finish(ctx, state, train_tokens, tokenizer, time.time() - wall_start)
+    finally:
+        ctx.logger.close()
+
+
+@dataclasses.dataclass
+class _Context:
+    cfg: Config
+    plan: BatchPlan
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    stream: RowStream
+    valid_tokens: np.ndarray
+    device: torch.device
+    run_dir: Path
+    logger: MetricsLogger
+    peak: float | None
+    flops_per_token: float
+    train_seconds: float = 0.0
+
+
+def _print_header(cfg, model, plan, device, fpt, n_train, n_valid) -> None:
+    n, n_ne = count_parameters(model), count_parameters(model, non_embedding=True)
+    threads = f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else ""
+    print(f"model: {type(model).__name__}, {n / 1e6:.2f}M parameters ({n_ne / 1e6:.2f}M non-embedding), "
+          f"{fpt / 1e6:.1f} MFLOPs/token", file=sys.stderr)
+    print(f"data: {cfg.data.source}, {n_train:,} train / {n_valid:,} valid tokens", file=sys.stderr)
+    print(f"batch: global {plan.global_rows} x {plan.seq_len} = {plan.global_tokens:,} tokens, micro-batch "
+          f"{plan.micro_rows}, accumulation {plan.accum_steps}, ranks 1; lr {cfg.optim.lr:g}; "
+          f"device {device}{threads}", file=sys.stderr)
+
+
+def _step(ctx: _Context, autocast) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """One optimiser step over the global batch -> (summed loss, grad norm, target count)."""
+    micro = [ctx.stream.next_batch() for _ in range(ctx.plan.accum_steps)]
+    n_total = sum(b["n_targets"] for b in micro)  # targets of the whole global batch
+    loss_total = torch.zeros((), device=ctx.device)
+    objective = OBJECTIVES[ctx.cfg.task]
+    for batch in micro:
+        batch = {k: v.to(ctx.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+        with autocast():
+            loss_sum, _, _ = objective(ctx.model, batch)
+        (loss_sum / n_total).backward()
+        loss_total += loss_sum.detach()
+    clip = ctx.cfg.train.grad_clip or float("inf")
+    grad_norm = torch.nn.utils.clip_grad_norm_(ctx.model.parameters(), clip)
+    ctx.optimizer.step()
+    ctx.scheduler.step()
+    ctx.optimizer.zero_grad(set_to_none=True)
+    return loss_total, grad_norm, n_total
+
+
+def _stop_reason(ctx: _Context, state: dict, elapsed: float) -> str | None:
+    t = ctx.cfg.train
+    if state["step"] >= t.max_steps:
+        return "max_steps"
+    if t.max_tokens and state["tokens"] >= t.max_tokens:
+        return "max_tokens"
+    if t.max_time_s and elapsed >= t.max_time_s:
+        return "max_time_s"
+    return None
+
+
+def _run(ctx: _Context, state: dict, stop: _StopSignal, progress: bool) -> None:
+    t, autocast = ctx.cfg.train, _autocast(ctx.device, ctx.cfg.train.precision)
+    bar = tqdm(total=t.max_steps, initial=state["step"], unit="step", disable=not progress,
+               mininterval=1.0 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
+    window_loss, window_n, window_tokens, window_start = 0.0, 0, 0, time.perf_counter()
+    ctx.model.train()
+    while _stop_reason(ctx, state, ctx.train_seconds) is None and stop.signum is None:
+        step_start = time.perf_counter()
+        loss_sum, grad_norm, n = _step(ctx, autocast)
+        state["step"] += 1
+        state["tokens"] += ctx.plan.global_tokens
+        window_loss, window_n, window_tokens = window_loss + loss_sum, window_n + n, window_tokens + ctx.plan.global_tokens
+        ctx.train_seconds += time.perf_counter() - step_start
+        bar.update(1)
+        if state["step"] % t.log_every == 0 or state["step"] == t.max_steps:
+            seconds = time.perf_counter() - window_start
+            loss = float(window_loss) / window_n
+            tps = window_tokens / seconds
+            mfu = tps * ctx.flops_per_token / ctx.peak if ctx.peak else None
+            ctx.logger.log({"step": state["step"], "tokens": state["tokens"], "loss": loss,
+                            "lr": ctx.scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
+                            "tokens_per_s": tps, "mfu": mfu, "elapsed_s": ctx.train_seconds})
+            bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps:,.0f}", refresh=False)
+            window_loss, window_n, window_tokens = 0.0, 0, 0
+        if t.eval_every and state["step"] % t.eval_every == 0 and state["step"] < t.max_steps:
+            _evaluate(ctx, state, t.eval_batches)
+        if t.save_every and state["step"] % t.save_every == 0:
+            _save(ctx, state)
+        if state["step"] % t.log_every == 0:
+            window_start = time.perf_counter()
+    bar.close()
+    _save(ctx, state)
+    if stop.signum is not None:
+        print(f"stopped by signal {stop.signum} at step {state['step']}; checkpoint written to "
+              f"{ctx.run_dir / 'checkpoints'}", file=sys.stderr)
+
+
+def _evaluate(ctx: _Context, state: dict, max_batches: int | None) -> dict:
+    result = evaluate_lm(ctx.model, ctx.valid_tokens, ctx.plan.seq_len, ctx.plan.micro_rows, ctx.device,
+                         max_batches, _autocast(ctx.device, ctx.cfg.train.precision))
+    ctx.logger.log({"step": state["step"], "tokens": state["tokens"], "split": "valid", **result})
+    return result
+
+
+def _save(ctx: _Context, state: dict) -> None:
+    trainer_state = {"scheduler": ctx.scheduler.state_dict(), "data": ctx.stream.state_dict(),
+                     "rng": _rng_state(), **state}
+    save_checkpoint(ctx.run_dir / "checkpoints", state["step"], ctx.model, ctx.optimizer, trainer_state,
+                    ctx.cfg, ctx.cfg.train.keep_last)
+
+
+def _finish(ctx: _Context, state: dict, train_tokens: np.ndarray, tokenizer, wall_s: float) -> dict:
+    """Final full validation, baseline, plots, a sample; prints and returns the summary."""
+    result = _evaluate(ctx, state, None)
+    baseline = unigram_bits_per_byte(train_tokens, ctx.valid_tokens, tokenizer.vocab_size)
+    write_run_plots(ctx.run_dir)
+    summary = {"run_dir": str(ctx.run_dir), "step": state["step"], "tokens": state["tokens"],
+               "valid_loss": result["loss"], "valid_bits_per_byte": result["bits_per_byte"],
+               "unigram_bits_per_byte": baseline,
+               "tokens_per_s": state["tokens"] / ctx.train_seconds if ctx.train_seconds else math.nan,
+               "train_seconds": ctx.train_seconds, "wall_seconds": wall_s}
+    (ctx.run_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    print(f"valid: loss {result['loss']:.4f} nats/token, {result['bits_per_byte']:.3f} bits/byte "
+          f"(unigram baseline {baseline:.3f} bits/byte); {summary['tokens_per_s']:,.0f} tokens/s, "
+          f"wall {wall_s:.0f} s; run dir {ctx.run_dir}", file=sys.stderr)
+    prompt, n = ctx.cfg.train.sample_prompt, ctx.cfg.train.sample_tokens
+    if prompt and n:
+        gen = torch.Generator(device=ctx.device).manual_seed(ctx.cfg.train.seed)
+        ids = torch.from_numpy(tokenizer.encode(prompt).astype(np.int64))[None].to(ctx.device)
+        ctx.model.eval()
+        out = generate(ctx.model, ids, n, temperature=0.8, top_k=50, eos_id=tokenizer.eos_id, generator=gen)
+        print(f"--- sample (prompt {prompt!r}) ---\n{tokenizer.decode(out[0].tolist())}\n---", file=sys.stderr)
+    return summary
