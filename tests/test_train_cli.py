@@ -1,0 +1,161 @@
+"""The real command line on real (builtin) data with a tiny model: run dir, resume, signals, errors."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import bigbatch
+from bigbatch.config import load_config
+from bigbatch.train.checkpoint import latest_checkpoint
+from bigbatch.train.loop import train
+
+ROOT = Path(__file__).parent.parent
+TINY = ROOT / "configs" / "tiny_lm.yaml"
+
+
+def run_cli(*args, check=True, **kw):
+    proc = subprocess.run([sys.executable, "-m", "bigbatch", *map(str, args)], capture_output=True, text=True,
+                          cwd=kw.pop("cwd", ROOT), timeout=300, **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def train_rows(run_dir):
+    rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if "split" not in r]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
+    proc = run_cli("train", TINY, "--run-dir", run_dir, "--json", "--no-progress")
+    return run_dir, json.loads(proc.stdout), proc.stderr
+
+
+def test_train_writes_the_run_directory(tiny_run):
+    run_dir, summary, stderr = tiny_run
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "plots/loss.png", "plots/lr.png",
+                 "plots/throughput.png", "checkpoints/latest"):
+        assert (run_dir / name).exists(), name
+    assert list((run_dir / "tb").glob("events.out.tfevents.*"))
+    ckpt = latest_checkpoint(run_dir)
+    assert ckpt.name == "step_00000060"
+    assert sorted(p.name for p in ckpt.iterdir()) == sorted(
+        ["model.safetensors", "optimizer.pt", "trainer.pt", "config.yaml", "checksums.json"])
+    assert len(list((run_dir / "checkpoints").glob("step_*"))) == 2  # keep_last
+    rows = train_rows(run_dir)
+    assert [r["step"] for r in rows] == list(range(1, 61))
+    assert all(r["loss"] > 0 and r["tokens_per_s"] > 0 and r["mfu"] is None for r in rows)
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    valid = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if '"split"' in x]
+    assert [r["step"] for r in valid] == [30, 60]
+    assert summary["valid_bits_per_byte"] < summary["unigram_bits_per_byte"]  # 60 tiny steps already beat it
+    assert "bits/byte" in stderr and "unigram baseline" in stderr and "sample (prompt 'def ')" in stderr
+    saved = load_config(run_dir / "config.yaml")
+    assert saved.model.vocab_size == 258 and saved.optim.base_lr == saved.optim.lr
+
+
+def test_load_generate_eval_plot(tiny_run, tmp_path):
+    run_dir, summary, _ = tiny_run
+    model, cfg = bigbatch.load(run_dir)
+    assert not model.training and cfg.task == "lm"
+    out = run_cli("generate", run_dir, "--prompt", "def ", "--max-new-tokens", "30", "--temperature", "0")
+    assert out.stdout.startswith("def ")
+    ev = json.loads(run_cli("eval", run_dir, "--json").stdout)
+    assert ev["loss"] == pytest.approx(summary["valid_loss"], rel=1e-4)
+    png = tmp_path / "p.png"
+    run_cli("plot", run_dir, "--out", png)
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_resume_continues_the_identical_loss_sequence(tiny_run, tmp_path):
+    """2N steps in one go == N steps, resume from the checkpoint, N more steps."""
+    run_dir, _, _ = tiny_run
+    resumed = tmp_path / "resumed"
+    shutil.copytree(run_dir, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step_00000060")
+    (resumed / "checkpoints" / "latest").write_text("step_00000030\n")
+    cfg = load_config(TINY)
+    train(cfg, resumed, progress=False)
+    assert [r["loss"] for r in train_rows(resumed)] == [r["loss"] for r in train_rows(run_dir)]
+    a, b = bigbatch.load(run_dir)[0].state_dict(), bigbatch.load(resumed)[0].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_refuses_a_different_model(tiny_run, tmp_path):
+    run_dir, _, _ = tiny_run
+    other = tmp_path / "other"
+    shutil.copytree(run_dir, other)
+    proc = run_cli("train", TINY, "--run-dir", other, "--set", "model.d_model=64", check=False)
+    assert proc.returncode == 2
+    assert "cannot resume" in proc.stderr and "model.d_model: 32 -> 64" in proc.stderr
+
+
+def test_corrupt_checkpoint_is_named(tiny_run, tmp_path):
+    run_dir, _, _ = tiny_run
+    broken = tmp_path / "broken"
+    shutil.copytree(run_dir, broken)
+    ckpt = latest_checkpoint(broken)
+    with open(ckpt / "model.safetensors", "r+b") as f:
+        f.seek(200)
+        f.write(b"\x00\x01\x02")
+    proc = run_cli("generate", broken, "--prompt", "x", check=False)
+    assert proc.returncode == 2 and "model.safetensors: checksum mismatch" in proc.stderr
+
+
+def test_sigterm_checkpoints_and_exits(tmp_path):
+    run_dir = tmp_path / "term"
+    proc = subprocess.Popen([sys.executable, "-m", "bigbatch", "train", str(TINY), "--run-dir", str(run_dir),
+                             "--set", "train.max_steps=100000", "--set", "train.save_every=0", "--no-progress"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 3):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "stopped by signal" in err
+    ckpt = latest_checkpoint(run_dir)
+    step = torch.load(ckpt / "trainer.pt", weights_only=False)["step"]
+    assert step >= 3 and ckpt.name == f"step_{step:08d}"
+    bigbatch.load(run_dir)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train", "--set", "train.max_step=3"], "did you mean 'train.max_steps'"),
+    (["train", "--set", "optim.schedule=exp"], "optim.schedule='exp' is invalid: expected one of constant"),
+    (["train", "missing.yaml"], "cannot read config missing.yaml"),
+    (["train", "--set", "data.source=/nonexistent/*.txt"], "no such file"),
+    (["train", "--set", "data.source=builtin:nope"], "builtin:nope is unknown"),
+    (["train", "--set", "optim.warmup_steps=2000"], "optim.warmup_steps=2000 must be smaller than train.max_steps=700"),
+    (["train", "--set", "train.global_batch_size=10", "--set", "train.micro_batch_size=4"], "not a whole number"),
+    (["train", "--set", "data.seq_len=512"], "data.seq_len=512 is longer than model.max_len=256"),
+    (["generate", "/nonexistent/run", "--prompt", "x"], "no such run or checkpoint directory"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
+    proc = run_cli(*args, "--run-dir", tmp_path / "r", check=False) if args[0] == "train" else run_cli(*args, check=False)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_text_files_as_source(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(40):
+        (data / f"doc{i}.txt").write_text(f"document {i}: " + "the quick brown fox jumps over the lazy dog. " * 20)
+    summary = train(load_config(TINY, [f"data.source={data}/*.txt", "train.max_steps=5", "train.eval_every=0",
+                                       "train.save_every=0", "train.sample_tokens=0"]), tmp_path / "run", progress=False)
+    assert summary["step"] == 5
+    assert os.path.exists(tmp_path / "run" / "checkpoints" / "step_00000005")
