@@ -59,7 +59,11 @@ def token_stream(docs: list[tuple[str, str]], tokenizer: ByteTokenizer) -> np.nd
 
 def load_lm_split(source: str, explicit: str | None, split: str, tokenizer: ByteTokenizer, seq_len: int) -> np.ndarray:
     """Tokens of one split: from ``explicit`` whole, else from the source's hash split."""
-    tokens = token_stream(documents(explicit, None) if explicit else documents(source, split), tokenizer)
+    if explicit:  # a file source is read whole; a builtin one still gives its own split
+        docs = documents(explicit, split if explicit.startswith("builtin:") else None)
+    else:
+        docs = documents(source, split)
+    tokens = token_stream(docs, tokenizer)
     if len(tokens) < seq_len + 1:
         where = explicit or f"the {split} split of {source}"
         raise UserError(

@@ -181,7 +181,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, progress: bool = True)
         apply_compile(model)
     ctx = _Context(cfg, plan, model, optimizer, scheduler, stream, valid_tokens, device, run_dir,
                    MetricsLogger(run_dir, resume_step=state["step"] if ckpt else None),
-                   peak_flops(device, cfg.train.precision), fpt)
+                   peak_flops(device, cfg.train.precision), fpt, start_tokens=state["tokens"])
     try:
         with _StopSignal() as stop:
             _run(ctx, state, stop, progress)
@@ -207,6 +207,7 @@ class _Context:
     peak: float | None
     flops_per_token: float
     train_seconds: float = 0.0
+    start_tokens: int = 0
 
 
 def _print_header(cfg, model, plan, device, fpt, n_train, n_valid) -> None:
@@ -310,7 +311,7 @@ def _finish(ctx: _Context, state: dict, train_tokens: np.ndarray, tokenizer, wal
     summary = {"run_dir": str(ctx.run_dir), "step": state["step"], "tokens": state["tokens"],
                "valid_loss": result["loss"], "valid_bits_per_byte": result["bits_per_byte"],
                "unigram_bits_per_byte": baseline,
-               "tokens_per_s": state["tokens"] / ctx.train_seconds if ctx.train_seconds else math.nan,
+               "tokens_per_s": (state["tokens"] - ctx.start_tokens) / ctx.train_seconds if ctx.train_seconds else math.nan,
                "train_seconds": ctx.train_seconds, "wall_seconds": wall_s}
     (ctx.run_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(f"valid: loss {result['loss']:.4f} nats/token, {result['bits_per_byte']:.3f} bits/byte "
