@@ -46,7 +46,8 @@ def bench(name, reps, steps):
     V, d, L, H, T, B = SHAPES[name]
     torch.manual_seed(0)
     cfg = transformers.GPT2Config(vocab_size=V, n_positions=T, n_embd=d, n_layer=L, n_head=H, resid_pdrop=0.0,
-                                  embd_pdrop=0.0, attn_pdrop=0.0, attn_implementation="sdpa")
+                                  embd_pdrop=0.0, attn_pdrop=0.0, attn_implementation="sdpa",
+                                  bos_token_id=0, eos_token_id=0)
     hf = transformers.GPT2LMHeadModel(cfg).train()
     ours = from_hf_gpt2(hf).train()
     ids = torch.randint(0, V, (B, T + 1))
