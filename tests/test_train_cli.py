@@ -159,3 +159,21 @@ def test_text_files_as_source(tmp_path):
                                        "train.save_every=0", "train.sample_tokens=0"]), tmp_path / "run", progress=False)
     assert summary["step"] == 5
     assert os.path.exists(tmp_path / "run" / "checkpoints" / "step_00000005")
+
+
+def test_accumulation_in_the_loop_matches_one_batch(tmp_path):
+    """Global batch 8 as 2 micro-batches of 4 follows the same loss curve as one batch of 8."""
+    base = ["train.max_steps=6", "train.eval_every=0", "train.save_every=0", "train.sample_tokens=0",
+            "train.global_batch_size=8"]
+    train(load_config(TINY, base), tmp_path / "one", progress=False)
+    train(load_config(TINY, base + ["train.micro_batch_size=4"]), tmp_path / "two", progress=False)
+    one, two = [r["loss"] for r in train_rows(tmp_path / "one")], [r["loss"] for r in train_rows(tmp_path / "two")]
+    assert one == pytest.approx(two, rel=1e-5, abs=1e-5)
+
+
+def test_bf16_autocast_trains(tmp_path):
+    summary = train(load_config(TINY, ["train.precision=bf16", "train.max_steps=30", "train.eval_every=0",
+                                       "train.sample_tokens=0"]), tmp_path / "bf16", progress=False)
+    rows = train_rows(tmp_path / "bf16")
+    assert all(r["loss"] == r["loss"] for r in rows) and rows[-1]["loss"] < rows[0]["loss"]
+    assert summary["valid_loss"] < 5.0

@@ -6,8 +6,10 @@ from bigbatch.nn.layers import Block, FeedForward, RotaryEmbedding
 from bigbatch.nn.models import CausalLM, Seq2Seq, TextClassifier, build_model, count_parameters, flops_per_token
 from bigbatch.nn.transformer import Decoder, Encoder
 
+EncoderDecoder = Seq2Seq  # the encoder-decoder of Vaswani et al.: Encoder + Decoder with cross-attention
+
 __all__ = [
-    "Block", "CausalLM", "Decoder", "Encoder", "FeedForward", "MultiHeadAttention", "RotaryEmbedding",
+    "Block", "CausalLM", "Decoder", "Encoder", "EncoderDecoder", "FeedForward", "MultiHeadAttention", "RotaryEmbedding",
     "Seq2Seq", "TextClassifier", "beam_search", "build_model", "count_parameters", "flops_per_token",
     "generate", "scaled_dot_product_attention", "translate",
 ]
