@@ -35,17 +35,37 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _run_dir_of(path: str) -> Path:
+    from bigbatch.train.checkpoint import resolve_checkpoint
+
+    ckpt = resolve_checkpoint(path)
+    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt
+
+
+def _load(path: str, task: str):
+    """(model, config, tokenizer) of a run or checkpoint, checking it was trained for ``task``."""
+    from bigbatch import load
+    from bigbatch.data.pipeline import tokenizer_of
+
+    model, cfg = load(path)
+    if cfg.task != task:
+        raise UserError(f"{path}: this command needs a task={task} run, this one has task={cfg.task}")
+    return model, cfg, tokenizer_of(_run_dir_of(path))
+
+
+def _inputs(texts: list[str]) -> list[str]:
+    lines = texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    if not lines:
+        raise UserError("no input text: give TEXT arguments or lines on stdin")
+    return lines
+
+
 def cmd_generate(args) -> int:
     import torch
 
-    from bigbatch import load
-    from bigbatch.data.tokenizer import get_tokenizer
     from bigbatch.nn.generate import generate
 
-    model, cfg = load(args.run)
-    if cfg.task != "lm":
-        raise UserError(f"{args.run}: generate needs a language model (task=lm), this run has task={cfg.task}")
-    tokenizer = get_tokenizer(cfg.data.tokenizer)
+    model, cfg, tokenizer = _load(args.run, "lm")
     ids = tokenizer.encode(args.prompt).astype("int64")
     if len(ids) == 0:
         raise UserError("--prompt is empty: give at least one character to continue")
@@ -56,22 +76,77 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_translate(args) -> int:
+    import torch
+
+    from bigbatch.nn.generate import translate
+
+    model, cfg, tokenizer = _load(args.run, "translate")
+    for line in _inputs(args.text):
+        ids = torch.from_numpy(tokenizer.encode(line)[: cfg.model.max_len].astype("int64"))[None]
+        out = translate(model, ids, tokenizer.bos_id, tokenizer.eos_id, cfg.model.max_len - 1, beam=args.beam)
+        print(tokenizer.decode(out[0]))
+    return 0
+
+
+def cmd_classify(args) -> int:
+    import torch
+
+    model, cfg, tokenizer = _load(args.run, "classify")
+    labels_file = _run_dir_of(args.run) / "labels.json"
+    labels = json.loads(labels_file.read_text()) if labels_file.exists() else None
+    with torch.no_grad():
+        for line in _inputs(args.text):
+            ids = torch.from_numpy(tokenizer.encode(line)[: cfg.model.max_len].astype("int64"))[None]
+            probs = model(ids, torch.ones_like(ids, dtype=torch.bool)).softmax(-1)[0]
+            k = int(probs.argmax())
+            label = labels[k] if labels else str(k)
+            print(json.dumps({"label": label, "p": round(float(probs[k]), 4)}) if args.json else f"{label}\t{line}")
+    return 0
+
+
 def cmd_eval(args) -> int:
+    from bigbatch.data.pipeline import build_data
+    from bigbatch.evaluate.evaluate import evaluate
+
     from bigbatch import load
-    from bigbatch.data.lm import load_lm_split
-    from bigbatch.data.tokenizer import get_tokenizer
-    from bigbatch.evaluate.lm import evaluate_lm
 
     model, cfg = load(args.run)
-    tokenizer = get_tokenizer(cfg.data.tokenizer)
-    explicit = cfg.data.valid_source if args.split == "valid" else cfg.data.test_source
-    tokens = load_lm_split(cfg.data.source, explicit, args.split, tokenizer, cfg.data.seq_len)
-    result = evaluate_lm(model, tokens, cfg.data.seq_len, 16, "cpu")
+    data = build_data(cfg, 16 if cfg.task == "lm" else (cfg.train.micro_batch_tokens or cfg.train.micro_batch_size or 32),
+                      progress=False)
+    loader = data.loader(args.split)
+    result = evaluate(model, cfg.task, loader.eval_batches(), "cpu", bytes_per_token=loader.shards.bytes_per_token,
+                      num_classes=cfg.model.num_classes)
+    if cfg.task == "translate" and not args.no_decode:
+        from bigbatch.evaluate.evaluate import translation_scores
+
+        scores = translation_scores(model, loader.eval_batches(), data.tokenizer, "cpu", beam=args.beam)
+        result.update(bleu=scores["bleu"], chrf=scores["chrf"])
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"{args.split}: loss {result['loss']:.4f} nats/token, perplexity {result['perplexity']:.3f}, "
-              f"{result['bits_per_byte']:.3f} bits/byte over {result['eval_tokens']:,} tokens")
+        print(f"{args.split}: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items()))
+    return 0
+
+
+def cmd_prepare(args) -> int:
+    from bigbatch.config import load_config
+    from bigbatch.data.pipeline import prepare_spec
+    from bigbatch.data.prepare import prepare
+
+    sets = list(args.set)
+    if args.source:
+        sets += [f"data.source={args.source}", f"data.tokenizer={args.tokenizer}", f"task={args.task}"]
+    if args.workers:
+        sets.append(f"data.num_workers={args.workers}")
+    if not args.config and not args.source:
+        raise UserError("give a CONFIG.yaml or --source SRC")
+    cfg = load_config(args.config, sets)
+    out = prepare(prepare_spec(cfg), args.out or cfg.data.shard_dir)
+    manifest = json.loads((out / "manifest.json").read_text())
+    for split, info in manifest["splits"].items():
+        print(f"{split}: {info['n_examples']:,} examples, {info['n_tokens']:,} tokens in {len(info['shards'])} shards")
+    print(out)
     return 0
 
 
@@ -112,8 +187,32 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a run on a split")
     e.add_argument("run", help="run directory or checkpoint directory")
     e.add_argument("--split", choices=["valid", "test"], default="valid")
+    e.add_argument("--beam", type=int, default=1, help="translation: beam size for BLEU / chrF")
+    e.add_argument("--no-decode", action="store_true", help="translation: loss only, no BLEU / chrF")
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.set_defaults(func=cmd_eval)
+
+    tr = sub.add_parser("translate", help="translate TEXT arguments (or stdin lines) with a translate run")
+    tr.add_argument("run")
+    tr.add_argument("text", nargs="*")
+    tr.add_argument("--beam", type=int, default=4)
+    tr.set_defaults(func=cmd_translate)
+
+    c = sub.add_parser("classify", help="classify TEXT arguments (or stdin lines) with a classify run")
+    c.add_argument("run")
+    c.add_argument("text", nargs="*")
+    c.add_argument("--json", action="store_true", help="one JSON object per line")
+    c.set_defaults(func=cmd_classify)
+
+    pr = sub.add_parser("prepare", help="tokenise data into shards (train does this itself when needed)")
+    pr.add_argument("config", nargs="?", help="YAML config whose data section to prepare")
+    pr.add_argument("--source", help="data source (instead of a config)")
+    pr.add_argument("--tokenizer", default="byte", help="byte, bpe, unigram, or a tokenizer.json / HF directory")
+    pr.add_argument("--task", default="lm", choices=["lm", "classify", "translate"])
+    pr.add_argument("--out", help="output directory (default: the cache, keyed by fingerprint)")
+    pr.add_argument("--workers", type=int, default=0, help="tokenising processes (default data.num_workers)")
+    pr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    pr.set_defaults(func=cmd_prepare)
 
     pl = sub.add_parser("plot", help="plot loss / lr / throughput of runs into one PNG")
     pl.add_argument("runs", nargs="+", help="run directories")

@@ -82,11 +82,21 @@ class DataConfig:
     test_source: Optional[str] = None
     """Test data; None = the source's own deterministic test split."""
     tokenizer: str = "byte"
-    """Tokenizer: byte (UTF-8 bytes, no training)."""
+    """byte (UTF-8 bytes), bpe or unigram (trained on the data), or a tokenizer.json / HF tokenizer directory."""
+    vocab_size: int = 8000
+    """Entries of a trained (bpe / unigram) tokenizer."""
+    tokenizer_sample_mb: float = 20.0
+    """Megabytes of training text a tokenizer is trained on."""
+    text_per_line: bool = False
+    """Plain text files: one document per line instead of one per file."""
+    shard_tokens: int = 16_000_000
+    """Tokens per shard (roughly: a shard closes once it passes this)."""
+    document_mask: bool = False
+    """Language models: attention stops at document boundaries inside a packed row."""
     shard_dir: Optional[str] = None
     """Where prepared token shards live; None = the user cache."""
-    num_workers: int = 0
-    """Data-loader worker processes."""
+    num_workers: int = 2
+    """Worker processes that tokenise during preparation."""
     skip_bad_rows: bool = False
     """Skip and count malformed rows instead of stopping."""
     text_field: str = "text"
@@ -101,7 +111,7 @@ class DataConfig:
     """Tokens per training row of a language model (the context length)."""
 
     def __post_init__(self):
-        _positive(self, "seq_len")
+        _positive(self, "seq_len", "vocab_size", "shard_tokens", "tokenizer_sample_mb")
         _non_negative(self, "num_workers")
 
 
@@ -119,6 +129,8 @@ class TrainConfig:
     """Tokens per optimiser step (LM: a multiple of data.seq_len); alternative to global_batch_size."""
     micro_batch_size: Optional[int] = None
     """Examples per forward/backward; None = the whole global batch. The rest is gradient accumulation."""
+    micro_batch_tokens: Optional[int] = None
+    """classify / translate: token budget of a micro-batch, padding included (length-bucketed batches)."""
     precision: Literal["fp32", "bf16"] = "fp32"
     """Compute precision: fp32, or bf16 autocast."""
     grad_clip: float = 1.0
@@ -148,7 +160,7 @@ class TrainConfig:
 
     def __post_init__(self):
         _positive(self, "max_steps", "log_every", "keep_last", "eval_batches")
-        _positive(self, "global_batch_size", "global_batch_tokens", "micro_batch_size", "max_tokens")
+        _positive(self, "global_batch_size", "global_batch_tokens", "micro_batch_size", "micro_batch_tokens", "max_tokens")
         _non_negative(self, "eval_every", "save_every", "grad_clip", "sample_tokens")
         if self.global_batch_size and self.global_batch_tokens:
             raise UserError("set one of train.global_batch_size and train.global_batch_tokens, not both")

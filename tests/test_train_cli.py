@@ -48,20 +48,20 @@ def test_train_writes_the_run_directory(tiny_run):
         assert (run_dir / name).exists(), name
     assert list((run_dir / "tb").glob("events.out.tfevents.*"))
     ckpt = latest_checkpoint(run_dir)
-    assert ckpt.name == "step_00000060"
+    assert ckpt.name == "step_00000100"
     assert sorted(p.name for p in ckpt.iterdir()) == sorted(
         ["model.safetensors", "optimizer.pt", "trainer.pt", "config.yaml", "checksums.json"])
     assert len(list((run_dir / "checkpoints").glob("step_*"))) == 2  # keep_last
     rows = train_rows(run_dir)
-    assert [r["step"] for r in rows] == list(range(1, 61))
+    assert [r["step"] for r in rows] == list(range(1, 101))
     assert all(r["loss"] > 0 and r["tokens_per_s"] > 0 and r["mfu"] is None for r in rows)
     assert rows[-1]["loss"] < rows[0]["loss"]
     valid = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if '"split"' in x]
-    assert [r["step"] for r in valid] == [30, 60]
-    assert summary["valid_bits_per_byte"] < summary["unigram_bits_per_byte"]  # 60 tiny steps already beat it
+    assert [r["step"] for r in valid] == [50, 100]
+    assert summary["valid_bits_per_byte"] < summary["unigram_bits_per_byte"]  # 100 tiny steps already beat it
     assert "bits/byte" in stderr and "unigram baseline" in stderr and "sample (prompt 'def ')" in stderr
     saved = load_config(run_dir / "config.yaml")
-    assert saved.model.vocab_size == 258 and saved.optim.base_lr == saved.optim.lr
+    assert saved.model.vocab_size == 259 and saved.optim.base_lr == saved.optim.lr
 
 
 def test_load_generate_eval_plot(tiny_run, tmp_path):
@@ -82,8 +82,8 @@ def test_resume_continues_the_identical_loss_sequence(tiny_run, tmp_path):
     run_dir, _, _ = tiny_run
     resumed = tmp_path / "resumed"
     shutil.copytree(run_dir, resumed)
-    shutil.rmtree(resumed / "checkpoints" / "step_00000060")
-    (resumed / "checkpoints" / "latest").write_text("step_00000030\n")
+    shutil.rmtree(resumed / "checkpoints" / "step_00000100")
+    (resumed / "checkpoints" / "latest").write_text("step_00000050\n")
     cfg = load_config(TINY)
     train(cfg, resumed, progress=False)
     assert [r["loss"] for r in train_rows(resumed)] == [r["loss"] for r in train_rows(run_dir)]
@@ -155,10 +155,10 @@ def test_text_files_as_source(tmp_path):
     data.mkdir()
     for i in range(40):
         (data / f"doc{i}.txt").write_text(f"document {i}: " + "the quick brown fox jumps over the lazy dog. " * 20)
-    summary = train(load_config(TINY, [f"data.source={data}/*.txt", "train.max_steps=5", "train.eval_every=0",
+    summary = train(load_config(TINY, [f"data.source={data}/*.txt", "train.max_steps=8", "train.eval_every=0",
                                        "train.save_every=0", "train.sample_tokens=0"]), tmp_path / "run", progress=False)
-    assert summary["step"] == 5
-    assert os.path.exists(tmp_path / "run" / "checkpoints" / "step_00000005")
+    assert summary["step"] == 8
+    assert os.path.exists(tmp_path / "run" / "checkpoints" / "step_00000008")
 
 
 def test_accumulation_in_the_loop_matches_one_batch(tmp_path):

@@ -1,34 +1,129 @@
-"""Tokenizers. Byte-level: every UTF-8 byte is a token (0..255), plus eos and pad; nothing to train."""
+"""Tokenizers: byte-level (nothing to train), or BPE / Unigram trained with Hugging Face `tokenizers`.
+
+Every tokenizer here has the same small surface: ``encode(text) -> uint32 ids``, ``encode_batch``,
+``decode(ids)``, ``vocab_size`` and the special ids ``pad_id``, ``bos_id``, ``eos_id``.
+``data.tokenizer`` takes ``byte``, ``bpe``, ``unigram`` (trained on a sample of the training data,
+``data.vocab_size`` entries) or a path to a tokenizer.json / a Hugging Face tokenizer directory.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
 from bigbatch.errors import UserError
 
+SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>", "<sep>", "<cls>"]
+
 
 class ByteTokenizer:
-    """UTF-8 bytes as ids 0..255; ``eos_id`` 256 ends a document, ``pad_id`` 257 pads."""
+    """UTF-8 bytes as ids 0..255; then eos 256, pad 257, bos 258."""
 
-    name = "byte"
-    eos_id = 256
-    pad_id = 257
-    vocab_size = 258
+    kind = "byte"
+    eos_id, pad_id, bos_id = 256, 257, 258
+    vocab_size = 259
 
     def encode(self, text: str) -> np.ndarray:
-        """text -> uint16 ids, one per UTF-8 byte."""
-        return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.uint16)
+        return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.uint32)
+
+    def encode_batch(self, texts: Iterable[str]) -> list[np.ndarray]:
+        return [self.encode(t) for t in texts]
 
     def decode(self, ids) -> str:
         """ids -> text; special ids are dropped, broken UTF-8 sequences become U+FFFD."""
         return bytes(int(i) for i in ids if int(i) < 256).decode("utf-8", errors="replace")
 
-    def count_bytes(self, ids: np.ndarray) -> int:
-        """How many of ``ids`` stand for bytes of text (for bits per byte)."""
-        return int((ids < 256).sum())
+    def save(self, directory: Path) -> None:
+        """Nothing to save: the byte tokenizer has no learned state."""
+
+    def describe(self) -> dict:
+        return {"kind": "byte", "vocab_size": self.vocab_size}
 
 
-def get_tokenizer(name: str) -> ByteTokenizer:
+class HFTokenizer:
+    """A `tokenizers.Tokenizer` (BPE, Unigram or any tokenizer.json) behind the same surface."""
+
+    def __init__(self, tokenizer, kind: str = "file"):
+        self.tok, self.kind = tokenizer, kind
+        self.vocab_size = tokenizer.get_vocab_size()
+        self.pad_id = self._special("<pad>", "[PAD]", "<|pad|>")
+        self.bos_id = self._special("<bos>", "<s>", "[CLS]", "<|startoftext|>", "<|endoftext|>")
+        self.eos_id = self._special("<eos>", "</s>", "[SEP]", "<|endoftext|>")
+        if self.eos_id is None:
+            raise UserError(f"tokenizer has no end-of-sequence token (<eos>, </s>, [SEP] or <|endoftext|>)")
+        if self.pad_id is None:  # pad only ever sits under a mask; any id will do
+            self.pad_id = self.eos_id
+        if self.bos_id is None:
+            self.bos_id = self.eos_id
+
+    def _special(self, *names) -> int | None:
+        for name in names:
+            i = self.tok.token_to_id(name)
+            if i is not None:
+                return i
+        return None
+
+    def encode(self, text: str) -> np.ndarray:
+        return np.asarray(self.tok.encode(text, add_special_tokens=False).ids, dtype=np.uint32)
+
+    def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+        return [np.asarray(e.ids, dtype=np.uint32) for e in self.tok.encode_batch(list(texts), add_special_tokens=False)]
+
+    def decode(self, ids) -> str:
+        return self.tok.decode([int(i) for i in ids], skip_special_tokens=True)
+
+    def save(self, directory: Path) -> None:
+        self.tok.save(str(Path(directory) / "tokenizer.json"))
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "vocab_size": self.vocab_size}
+
+
+def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int) -> HFTokenizer:
+    """Train a byte-level BPE or a Unigram model on ``texts`` (an iterator over a sample)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    if kind == "bpe":  # byte-level: any text encodes, nothing is ever unknown
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    else:
+        tok = Tokenizer(models.Unigram())
+        tok.pre_tokenizer = pre_tokenizers.Metaspace()
+        tok.decoder = decoders.Metaspace()
+        trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, unk_token="<unk>",
+                                          show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    return HFTokenizer(tok, kind)
+
+
+def load_tokenizer_file(path: str | Path) -> HFTokenizer:
+    """A tokenizer.json, or a directory holding one (a Hugging Face tokenizer directory)."""
+    from tokenizers import Tokenizer
+
+    path = Path(path).expanduser()
+    file = path / "tokenizer.json" if path.is_dir() else path
+    if not file.exists():
+        raise UserError(f"data.tokenizer={str(path)!r}: no tokenizer.json there; expected byte, bpe, unigram, "
+                        "a tokenizer.json file or a Hugging Face tokenizer directory")
+    try:
+        return HFTokenizer(Tokenizer.from_file(str(file)), "file")
+    except Exception as e:  # the tokenizers library raises its own exception types
+        raise UserError(f"{file}: not a valid tokenizer.json ({e})") from None
+
+
+def get_tokenizer(name: str, shard_dir: str | Path | None = None):
+    """The tokenizer named by data.tokenizer; a trained one (bpe / unigram) is read from ``shard_dir``."""
     if name == "byte":
         return ByteTokenizer()
-    raise UserError(f"data.tokenizer={name!r} is not available: expected byte")
+    if name in ("bpe", "unigram"):
+        if shard_dir is None or not (Path(shard_dir) / "tokenizer.json").exists():
+            raise UserError(f"data.tokenizer={name}: no trained tokenizer.json in {shard_dir} (prepare the data first)")
+        tok = load_tokenizer_file(Path(shard_dir) / "tokenizer.json")
+        tok.kind = name
+        return tok
+    return load_tokenizer_file(name)

@@ -62,13 +62,16 @@ class Stack(nn.Module):
     ) -> Tensor:
         """x (B, L, D) -> (B, L, D).
 
-        key_mask (B, S) True/1 = real token, covering cached positions too (S = past + L);
+        key_mask (B, S) True/1 = real token, covering cached positions too (S = past + L), or a full
+        (B, 1, L, S) boolean mask (e.g. causal within documents);
         memory (B, S_src, D) and memory_mask (B, S_src) for cross-attention.
         """
         L = x.size(1)
         past = cache.length if cache is not None else 0
         attn_mask, is_causal = None, self.causal
-        if key_mask is not None:
+        if key_mask is not None and key_mask.dim() == 4:  # a full (B, 1, L, S) mask, causality included
+            attn_mask, is_causal = key_mask.bool(), False
+        elif key_mask is not None:
             attn_mask = key_mask.bool()[:, None, None, :]  # (B, 1, 1, S)
             if self.causal:  # one combined boolean mask keeps torch's fused kernel usable
                 attn_mask = attn_mask & causal_mask(L, past + L, x.device)

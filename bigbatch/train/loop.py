@@ -23,11 +23,10 @@ import torch
 from tqdm import tqdm
 
 from bigbatch.config import Config
-from bigbatch.data.lm import RowStream, load_lm_split
-from bigbatch.data.tokenizer import get_tokenizer
+from bigbatch.data.pipeline import TaskData, build_data
 from bigbatch.distributed.parallelize import apply_ac, apply_compile
 from bigbatch.errors import UserError
-from bigbatch.evaluate.lm import evaluate_lm, unigram_bits_per_byte
+from bigbatch.evaluate.evaluate import evaluate, translation_scores, unigram_bits_per_byte
 from bigbatch.nn.generate import generate
 from bigbatch.nn.models import build_model, count_parameters, flops_per_token
 from bigbatch.objectives import OBJECTIVES
@@ -38,14 +37,18 @@ from bigbatch.train.optim import build_optimizer, build_scheduler
 
 @dataclasses.dataclass
 class BatchPlan:
-    global_rows: int
-    micro_rows: int
-    accum_steps: int
-    seq_len: int
+    """micro: rows (lm), examples, or a token budget (classify / translate with micro_batch_tokens)."""
 
-    @property
-    def global_tokens(self) -> int:
-        return self.global_rows * self.seq_len
+    micro: int
+    accum_steps: int
+    unit: str  # "rows", "examples" or "tokens"
+    seq_len: int = 0
+
+    def describe(self) -> str:
+        if self.unit == "rows":
+            return (f"global {self.micro * self.accum_steps} x {self.seq_len} = "
+                    f"{self.micro * self.accum_steps * self.seq_len:,} tokens, micro-batch {self.micro}")
+        return f"global {self.micro * self.accum_steps:,} {self.unit}, micro-batch {self.micro:,} {self.unit}"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -57,30 +60,45 @@ def resolve_device(name: str) -> torch.device:
 
 
 def plan_batch(cfg: Config) -> BatchPlan:
-    """Global batch (rows of seq_len) -> micro-batch and accumulation steps; numbers checked."""
+    """Global batch -> micro-batch and accumulation steps; bad divisibility fails showing the numbers."""
     t, seq_len = cfg.train, cfg.data.seq_len
-    if t.global_batch_tokens:
-        if t.global_batch_tokens % seq_len:
-            raise UserError(f"train.global_batch_tokens={t.global_batch_tokens} is not a multiple of "
-                            f"data.seq_len={seq_len}")
-        global_rows = t.global_batch_tokens // seq_len
+    if cfg.task == "lm":
+        if t.global_batch_tokens:
+            if t.global_batch_tokens % seq_len:
+                raise UserError(f"train.global_batch_tokens={t.global_batch_tokens} is not a multiple of "
+                                f"data.seq_len={seq_len}")
+            global_rows = t.global_batch_tokens // seq_len
+        else:
+            global_rows = t.global_batch_size or t.micro_batch_size or 16
+        micro, unit, name = t.micro_batch_size or global_rows, "rows", "train.micro_batch_size"
+        total = global_rows
+    elif t.micro_batch_tokens:
+        micro, unit, name = t.micro_batch_tokens, "tokens", "train.micro_batch_tokens"
+        total = t.global_batch_tokens or micro
     else:
-        global_rows = t.global_batch_size or t.micro_batch_size or 16
-    micro = t.micro_batch_size or global_rows
-    if micro > global_rows or global_rows % micro:
-        raise UserError(f"global batch of {global_rows} examples is not a whole number of "
-                        f"train.micro_batch_size={micro} micro-batches")
-    return BatchPlan(global_rows, micro, global_rows // micro, seq_len)
+        micro = t.micro_batch_size or t.global_batch_size or 32
+        unit, name, total = "examples", "train.micro_batch_size", t.global_batch_size or micro
+    if micro > total or total % micro:
+        raise UserError(f"global batch of {total} {unit} is not a whole number of {name}={micro} micro-batches")
+    return BatchPlan(micro, total // micro, unit, seq_len)
 
 
-def resolve_config(cfg: Config, vocab_size: int) -> Config:
-    """Fill values the config left to the trainer (vocab size, base_lr) and check they fit."""
-    model = cfg.model
+def resolve_config(cfg: Config, data: TaskData) -> Config:
+    """Fill values the config left to the data (vocab size, classes, pad id, base_lr) and check they fit."""
+    model, tok = cfg.model, data.tokenizer
     if model.vocab_size == 0:
-        model = dataclasses.replace(model, vocab_size=vocab_size)
-    elif model.vocab_size < vocab_size:
-        raise UserError(f"model.vocab_size={model.vocab_size} is smaller than the tokenizer's {vocab_size}")
-    if cfg.data.seq_len > model.max_len:
+        model = dataclasses.replace(model, vocab_size=tok.vocab_size)
+    elif model.vocab_size < tok.vocab_size:
+        raise UserError(f"model.vocab_size={model.vocab_size} is smaller than the tokenizer's {tok.vocab_size}")
+    if cfg.task == "classify":
+        n = len(data.labels)
+        if model.num_classes == 0:
+            model = dataclasses.replace(model, num_classes=n)
+        elif model.num_classes < n:
+            raise UserError(f"model.num_classes={model.num_classes} but the data has {n} labels")
+    if cfg.task != "lm" and model.pad_id is None:
+        model = dataclasses.replace(model, pad_id=tok.pad_id)
+    if cfg.task == "lm" and cfg.data.seq_len > model.max_len:
         raise UserError(f"data.seq_len={cfg.data.seq_len} is longer than model.max_len={model.max_len}")
     optim = dataclasses.replace(cfg.optim, base_lr=cfg.optim.base_lr or cfg.optim.lr)
     return dataclasses.replace(cfg, model=model, optim=optim)
@@ -140,19 +158,15 @@ def _autocast(device: torch.device, precision: str):
 def train(cfg: Config, run_dir: str | Path | None = None, progress: bool = True) -> dict:
     """Train ``cfg`` into ``run_dir`` (resuming from its latest checkpoint if it has one).
 
-    Returns a summary: step, tokens, valid loss / bits per byte, unigram baseline, tokens/s, wall time.
+    Prepares the data first when needed (cached by fingerprint). Returns a summary dict: step,
+    tokens, the final validation metrics, tokens/s and wall time.
     """
     wall_start = time.time()
-    if cfg.task != "lm":
-        raise UserError(f"task={cfg.task}: `bigbatch train` runs task=lm so far")
     device = resolve_device(cfg.train.device)
-    tokenizer = get_tokenizer(cfg.data.tokenizer)
-    cfg = resolve_config(cfg, tokenizer.vocab_size)
     plan = plan_batch(cfg)
-    d = cfg.data
-    train_tokens = load_lm_split(d.source, None, "train", tokenizer, d.seq_len)
-    valid_tokens = load_lm_split(d.source, d.valid_source, "valid", tokenizer, d.seq_len)
-    stream = RowStream(train_tokens, d.seq_len, plan.micro_rows, seed=cfg.train.seed)
+    data = build_data(cfg, plan.micro, progress=progress)
+    cfg = resolve_config(cfg, data)
+    valid = data.loader("valid")
 
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.task, cfg.model).to(device)
@@ -167,19 +181,20 @@ def train(cfg: Config, run_dir: str | Path | None = None, progress: bool = True)
         _check_compatible(ckpt, cfg)
         saved = load_training_state(ckpt, model, optimizer)
         scheduler.load_state_dict(saved["scheduler"])
-        stream.load_state_dict(saved["data"])
+        data.train.load_state_dict(saved["data"])
         _set_rng_state(saved["rng"])
         state = {"step": saved["step"], "tokens": saved["tokens"]}
         print(f"resuming {run_dir} from {ckpt.name} (step {state['step']}, {state['tokens']:,} tokens)", file=sys.stderr)
     (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    data.save_to_run(run_dir)
 
-    fpt = flops_per_token(model, d.seq_len)
-    _print_header(cfg, model, plan, device, fpt, len(train_tokens), len(valid_tokens))
+    fpt = flops_per_token(model, cfg.data.seq_len if cfg.task == "lm" else cfg.model.max_len)
+    _print_header(cfg, model, plan, device, fpt, data)
     if cfg.train.activation_checkpointing:
         apply_ac(model)
     if cfg.train.compile:
         apply_compile(model)
-    ctx = _Context(cfg, plan, model, optimizer, scheduler, stream, valid_tokens, device, run_dir,
+    ctx = _Context(cfg, plan, model, optimizer, scheduler, data, valid, device, run_dir,
                    MetricsLogger(run_dir, resume_step=state["step"] if ckpt else None),
                    peak_flops(device, cfg.train.precision), fpt, start_tokens=state["tokens"])
     try:
@@ -187,7 +202,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, progress: bool = True)
             _run(ctx, state, stop, progress)
         if stop.signum is not None:
             return {"run_dir": str(run_dir), "stopped_by_signal": stop.signum, **state}
-        return _finish(ctx, state, train_tokens, tokenizer, time.time() - wall_start)
+        return _finish(ctx, state, time.time() - wall_start)
     finally:
         ctx.logger.close()
 
@@ -199,8 +214,8 @@ class _Context:
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: object
-    stream: RowStream
-    valid_tokens: np.ndarray
+    data: TaskData
+    valid: object
     device: torch.device
     run_dir: Path
     logger: MetricsLogger
@@ -210,20 +225,31 @@ class _Context:
     start_tokens: int = 0
 
 
-def _print_header(cfg, model, plan, device, fpt, n_train, n_valid) -> None:
+def _print_header(cfg, model, plan, device, fpt, data: TaskData) -> None:
     n, n_ne = count_parameters(model), count_parameters(model, non_embedding=True)
     threads = f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else ""
+    splits = data.manifest["splits"]
     print(f"model: {type(model).__name__}, {n / 1e6:.2f}M parameters ({n_ne / 1e6:.2f}M non-embedding), "
           f"{fpt / 1e6:.1f} MFLOPs/token", file=sys.stderr)
-    print(f"data: {cfg.data.source}, {n_train:,} train / {n_valid:,} valid tokens", file=sys.stderr)
-    print(f"batch: global {plan.global_rows} x {plan.seq_len} = {plan.global_tokens:,} tokens, micro-batch "
-          f"{plan.micro_rows}, accumulation {plan.accum_steps}, ranks 1; lr {cfg.optim.lr:g}; "
+    print(f"data: {cfg.data.source} -> {data.shard_dir}; tokenizer {data.tokenizer.kind} ({data.tokenizer.vocab_size} ids); "
+          + ", ".join(f"{k} {v['n_examples']:,} examples / {v['n_tokens']:,} tokens" for k, v in splits.items()
+                      if v["n_examples"]), file=sys.stderr)
+    print(f"batch: {plan.describe()}, accumulation {plan.accum_steps}, ranks 1; lr {cfg.optim.lr:g}; "
           f"device {device}{threads}", file=sys.stderr)
 
 
-def _step(ctx: _Context, autocast) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """One optimiser step over the global batch -> (summed loss, grad norm, target count)."""
-    micro = [ctx.stream.next_batch() for _ in range(ctx.plan.accum_steps)]
+def _batch_tokens(batch: dict) -> int:
+    """Real (non-pad) input tokens of a batch."""
+    if "src_mask" in batch:
+        return int(batch["src_mask"].sum() + batch["tgt_mask"].sum())
+    if "attention_mask" in batch and batch["attention_mask"].dim() == 2:
+        return int(batch["attention_mask"].sum())
+    return batch["input_ids"].size(0) * (batch["input_ids"].size(1) - 1)
+
+
+def _step(ctx: _Context, autocast) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """One optimiser step over the global batch -> (summed loss, grad norm, target count, tokens)."""
+    micro = [ctx.data.train.next_batch() for _ in range(ctx.plan.accum_steps)]
     n_total = sum(b["n_targets"] for b in micro)  # targets of the whole global batch
     loss_total = torch.zeros((), device=ctx.device)
     objective = OBJECTIVES[ctx.cfg.task]
@@ -238,7 +264,7 @@ def _step(ctx: _Context, autocast) -> tuple[torch.Tensor, torch.Tensor, int]:
     ctx.optimizer.step()
     ctx.scheduler.step()
     ctx.optimizer.zero_grad(set_to_none=True)
-    return loss_total, grad_norm, n_total
+    return loss_total, grad_norm, n_total, sum(_batch_tokens(b) for b in micro)
 
 
 def _stop_reason(ctx: _Context, state: dict, elapsed: float) -> str | None:
@@ -260,10 +286,10 @@ def _run(ctx: _Context, state: dict, stop: _StopSignal, progress: bool) -> None:
     ctx.model.train()
     while _stop_reason(ctx, state, ctx.train_seconds) is None and stop.signum is None:
         step_start = time.perf_counter()
-        loss_sum, grad_norm, n = _step(ctx, autocast)
+        loss_sum, grad_norm, n, tokens = _step(ctx, autocast)
         state["step"] += 1
-        state["tokens"] += ctx.plan.global_tokens
-        window_loss, window_n, window_tokens = window_loss + loss_sum, window_n + n, window_tokens + ctx.plan.global_tokens
+        state["tokens"] += tokens
+        window_loss, window_n, window_tokens = window_loss + loss_sum, window_n + n, window_tokens + tokens
         ctx.train_seconds += time.perf_counter() - step_start
         bar.update(1)
         if state["step"] % t.log_every == 0 or state["step"] == t.max_steps:
@@ -271,9 +297,11 @@ def _run(ctx: _Context, state: dict, stop: _StopSignal, progress: bool) -> None:
             loss = float(window_loss) / window_n
             tps = window_tokens / seconds
             mfu = tps * ctx.flops_per_token / ctx.peak if ctx.peak else None
-            ctx.logger.log({"step": state["step"], "tokens": state["tokens"], "loss": loss,
-                            "lr": ctx.scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
-                            "tokens_per_s": tps, "mfu": mfu, "elapsed_s": ctx.train_seconds})
+            row = {"step": state["step"], "tokens": state["tokens"], "loss": loss, "lr": ctx.scheduler.get_last_lr()[0],
+                   "grad_norm": float(grad_norm), "tokens_per_s": tps, "mfu": mfu, "elapsed_s": ctx.train_seconds}
+            if hasattr(ctx.data.train, "padding_fraction"):
+                row["padding_fraction"] = ctx.data.train.padding_fraction
+            ctx.logger.log(row)
             bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps:,.0f}", refresh=False)
             window_loss, window_n, window_tokens = 0.0, 0, 0
         if t.eval_every and state["step"] % t.eval_every == 0 and state["step"] < t.max_steps:
@@ -290,38 +318,62 @@ def _run(ctx: _Context, state: dict, stop: _StopSignal, progress: bool) -> None:
 
 
 def _evaluate(ctx: _Context, state: dict, max_batches: int | None) -> dict:
-    result = evaluate_lm(ctx.model, ctx.valid_tokens, ctx.plan.seq_len, ctx.plan.micro_rows, ctx.device,
-                         max_batches, _autocast(ctx.device, ctx.cfg.train.precision))
+    result = evaluate(ctx.model, ctx.cfg.task, ctx.valid.eval_batches(max_batches), ctx.device,
+                      _autocast(ctx.device, ctx.cfg.train.precision), ctx.valid.shards.bytes_per_token,
+                      ctx.cfg.model.num_classes)
     ctx.logger.log({"step": state["step"], "tokens": state["tokens"], "split": "valid", **result})
     return result
 
 
 def _save(ctx: _Context, state: dict) -> None:
-    trainer_state = {"scheduler": ctx.scheduler.state_dict(), "data": ctx.stream.state_dict(),
+    trainer_state = {"scheduler": ctx.scheduler.state_dict(), "data": ctx.data.train.state_dict(),
                      "rng": _rng_state(), **state}
     save_checkpoint(ctx.run_dir / "checkpoints", state["step"], ctx.model, ctx.optimizer, trainer_state,
                     ctx.cfg, ctx.cfg.train.keep_last)
 
 
-def _finish(ctx: _Context, state: dict, train_tokens: np.ndarray, tokenizer, wall_s: float) -> dict:
-    """Final full validation, baseline, plots, a sample; prints and returns the summary."""
+def _finish(ctx: _Context, state: dict, wall_s: float) -> dict:
+    """Final full validation, plots, a sample; prints and returns the summary."""
     result = _evaluate(ctx, state, None)
-    baseline = unigram_bits_per_byte(train_tokens, ctx.valid_tokens, tokenizer.vocab_size)
     write_run_plots(ctx.run_dir)
     summary = {"run_dir": str(ctx.run_dir), "step": state["step"], "tokens": state["tokens"],
-               "valid_loss": result["loss"], "valid_bits_per_byte": result["bits_per_byte"],
-               "unigram_bits_per_byte": baseline,
+               **{f"valid_{k}": v for k, v in result.items()},
                "tokens_per_s": (state["tokens"] - ctx.start_tokens) / ctx.train_seconds if ctx.train_seconds else math.nan,
                "train_seconds": ctx.train_seconds, "wall_seconds": wall_s}
+    line = f"valid: loss {result['loss']:.4f} nats/target"
+    if ctx.cfg.task == "lm":
+        summary["unigram_bits_per_byte"] = _unigram_baseline(ctx)
+        line += f", {result['bits_per_byte']:.3f} bits/byte (unigram baseline {summary['unigram_bits_per_byte']:.3f} bits/byte)"
+    elif ctx.cfg.task == "classify":
+        line += f", accuracy {result['accuracy']:.4f}, macro-F1 {result['macro_f1']:.4f}"
+    else:
+        scores = translation_scores(ctx.model, ctx.valid.eval_batches(), ctx.data.tokenizer, ctx.device, max_sentences=300)
+        summary.update(valid_bleu=scores["bleu"], valid_chrf=scores["chrf"])
+        ctx.logger.log({"step": state["step"], "split": "valid", "bleu": scores["bleu"], "chrf": scores["chrf"]})
+        line += f", BLEU {scores['bleu']:.2f}, chrF {scores['chrf']:.2f} (greedy, {scores['sentences']} sentences)"
+        for hyp, ref in scores["examples"]:
+            print(f"  hyp: {hyp}\n  ref: {ref}", file=sys.stderr)
     (ctx.run_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    print(f"valid: loss {result['loss']:.4f} nats/token, {result['bits_per_byte']:.3f} bits/byte "
-          f"(unigram baseline {baseline:.3f} bits/byte); {summary['tokens_per_s']:,.0f} tokens/s, "
-          f"wall {wall_s:.0f} s; run dir {ctx.run_dir}", file=sys.stderr)
-    prompt, n = ctx.cfg.train.sample_prompt, ctx.cfg.train.sample_tokens
-    if prompt and n:
-        gen = torch.Generator(device=ctx.device).manual_seed(ctx.cfg.train.seed)
-        ids = torch.from_numpy(tokenizer.encode(prompt).astype(np.int64))[None].to(ctx.device)
-        ctx.model.eval()
-        out = generate(ctx.model, ids, n, temperature=0.8, top_k=50, eos_id=tokenizer.eos_id, generator=gen)
-        print(f"--- sample (prompt {prompt!r}) ---\n{tokenizer.decode(out[0].tolist())}\n---", file=sys.stderr)
+    print(f"{line}; {summary['tokens_per_s']:,.0f} tokens/s, wall {wall_s:.0f} s; run dir {ctx.run_dir}", file=sys.stderr)
+    if ctx.cfg.task == "lm":
+        _print_sample(ctx)
     return summary
+
+
+def _unigram_baseline(ctx: _Context) -> float:
+    """Bits per byte of the valid split under the train split's token frequencies (first train shard)."""
+    train_shard = ctx.data.train.shards.shards[0]
+    valid = np.concatenate([s.tokens for s in ctx.valid.shards.shards])
+    return unigram_bits_per_byte(np.asarray(train_shard.tokens), valid, ctx.data.tokenizer.vocab_size,
+                                 ctx.valid.shards.bytes_per_token)
+
+
+def _print_sample(ctx: _Context) -> None:
+    prompt, n, tok = ctx.cfg.train.sample_prompt, ctx.cfg.train.sample_tokens, ctx.data.tokenizer
+    if not (prompt and n):
+        return
+    gen = torch.Generator(device=ctx.device).manual_seed(ctx.cfg.train.seed)
+    ids = torch.from_numpy(tok.encode(prompt).astype(np.int64))[None].to(ctx.device)
+    ctx.model.eval()
+    out = generate(ctx.model, ids, n, temperature=0.8, top_k=50, eos_id=tok.eos_id, generator=gen)
+    print(f"--- sample (prompt {prompt!r}) ---\n{tok.decode(out[0].tolist())}\n---", file=sys.stderr)

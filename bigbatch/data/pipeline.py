@@ -1,0 +1,84 @@
+"""From a Config to loaders: prepare (or reuse) the shards, open the splits, build the batch stream.
+
+    data = build_data(cfg, plan)         # plan: micro-batch size or token budget
+    batch = data.train.next_batch()      # dict of tensors + "n_targets"
+    for batch in data.eval_loader("valid").eval_batches(): ...
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from bigbatch.config import Config
+from bigbatch.data.batching import ExampleLoader
+from bigbatch.data.loader import PackedLMLoader
+from bigbatch.data.prepare import PrepareSpec, prepare
+from bigbatch.data.shards import ShardSet, read_manifest
+from bigbatch.data.sources import Fields
+from bigbatch.data.tokenizer import ByteTokenizer, load_tokenizer_file
+
+
+def prepare_spec(cfg: Config) -> PrepareSpec:
+    d = cfg.data
+    fields = Fields(task=cfg.task, text=d.text_field, label=d.label_field, src=d.src_field, tgt=d.tgt_field,
+                    text_per_line=d.text_per_line, skip_bad_rows=d.skip_bad_rows)
+    return PrepareSpec(source=d.source, task=cfg.task, valid_source=d.valid_source, test_source=d.test_source,
+                       tokenizer=d.tokenizer, vocab_size=d.vocab_size, fields=fields, shard_tokens=d.shard_tokens,
+                       workers=max(d.num_workers, 1), tokenizer_sample_mb=d.tokenizer_sample_mb)
+
+
+def shard_dir_for(cfg: Config, progress: bool = True) -> Path:
+    """The prepared shards of the config's data: reused when unchanged, prepared otherwise."""
+    return prepare(prepare_spec(cfg), cfg.data.shard_dir, progress=progress)
+
+
+def tokenizer_of(directory: Path):
+    """The tokenizer saved beside shards or in a run directory (byte-level when none is saved)."""
+    path = Path(directory) / "tokenizer.json"
+    return load_tokenizer_file(path) if path.exists() else ByteTokenizer()
+
+
+@dataclass
+class TaskData:
+    cfg: Config
+    shard_dir: Path
+    manifest: dict
+    tokenizer: object
+    train: object
+    micro: int
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def labels(self) -> list[str]:
+        return self.manifest["labels"]
+
+    def loader(self, split: str, shuffle: bool = False, seed: int = 0):
+        cfg, shards = self.cfg, ShardSet(self.shard_dir, split)
+        if cfg.task == "lm":
+            return PackedLMLoader(shards, cfg.data.seq_len, self.micro, seed, self.rank, self.world_size, shuffle,
+                                  cfg.data.document_mask, self.tokenizer.eos_id)
+        tokens, size = (self.micro, None) if cfg.train.micro_batch_tokens else (None, self.micro)
+        return ExampleLoader(shards, cfg.task, cfg.model.max_len, tokens, size, seed, self.rank, self.world_size, shuffle)
+
+    def save_to_run(self, run_dir: Path) -> None:
+        """Copy what generate / translate / classify need later: tokenizer.json, labels.json."""
+        tok = self.shard_dir / "tokenizer.json"
+        if tok.exists():
+            shutil.copyfile(tok, Path(run_dir) / "tokenizer.json")
+        if self.labels:
+            (Path(run_dir) / "labels.json").write_text(json.dumps(self.labels) + "\n")
+
+
+def build_data(cfg: Config, micro: int, rank: int = 0, world_size: int = 1, progress: bool = True) -> TaskData:
+    """Prepare or reuse shards and open the training stream (``micro`` rows, examples or tokens per micro-batch)."""
+    shard_dir = shard_dir_for(cfg, progress)
+    manifest = read_manifest(shard_dir)
+    data = TaskData(cfg, shard_dir, manifest, tokenizer_of(shard_dir), None, micro, rank, world_size)
+    data.train = data.loader("train", shuffle=True, seed=cfg.train.seed)
+    if cfg.task != "lm":
+        data.train.check_bucketing()
+    return data

@@ -1,0 +1,248 @@
+"""Raw data sources -> records: dicts with "text" (lm), "text" + "label" (classify), "src" + "tgt" (translate).
+
+A source is a file, a directory, a glob, a Hugging Face ``datasets`` directory (save_to_disk), or
+``builtin:NAME``. Files: .txt (one document per file, or per line), .jsonl, .csv, .tsv, .parquet,
+each optionally .gz or .zst. A malformed row stops with ``file:line: what is wrong`` unless
+``skip_bad_rows`` counts and skips it instead.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import gzip
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from bigbatch.errors import UserError
+
+TEXT_SUFFIXES = {".txt", ".text", ".md", ".py", ".rst"}
+TABLE_SUFFIXES = {".jsonl", ".json", ".csv", ".tsv", ".parquet"}
+
+
+@dataclass
+class Fields:
+    """Which keys / columns hold what, and what a task needs from each record."""
+
+    task: str = "lm"
+    text: str = "text"
+    label: str = "label"
+    src: str = "src"
+    tgt: str = "tgt"
+    text_per_line: bool = False
+    skip_bad_rows: bool = False
+
+    def wanted(self) -> dict[str, str]:
+        """record key -> source field name."""
+        if self.task == "translate":
+            return {"src": self.src, "tgt": self.tgt}
+        if self.task == "classify":
+            return {"text": self.text, "label": self.label}
+        return {"text": self.text}
+
+
+class BadRows:
+    """Counts skipped rows (data.skip_bad_rows) and remembers the first few reasons."""
+
+    def __init__(self):
+        self.count, self.examples = 0, []
+
+    def add(self, where: str, why: str, skip: bool) -> None:
+        if not skip:
+            raise UserError(f"{where}: {why} (set data.skip_bad_rows=true to skip such rows)")
+        self.count += 1
+        if len(self.examples) < 5:
+            self.examples.append(f"{where}: {why}")
+
+
+def _format(path: Path) -> tuple[str, str | None]:
+    """(format suffix, compression) of a file name such as data.jsonl.gz."""
+    suffixes = [s.lower() for s in path.suffixes]
+    compression = suffixes.pop() if suffixes and suffixes[-1] in (".gz", ".zst") else None
+    return (suffixes[-1] if suffixes else ""), compression
+
+
+def is_hf_dataset_dir(path: Path) -> bool:
+    return path.is_dir() and (path / "dataset_info.json").exists() and (path / "state.json").exists()
+
+
+def expand(source: str) -> list[Path]:
+    """A file, directory (its files, recursively), glob or HF datasets dir -> sorted files / dirs."""
+    if any(c in source for c in "*?["):
+        paths = [Path(p) for p in sorted(glob.glob(os.path.expanduser(source), recursive=True))]
+    else:
+        paths = [Path(os.path.expanduser(source))]
+    out: list[Path] = []
+    for p in paths:
+        if is_hf_dataset_dir(p) or p.is_file():
+            out.append(p)
+        elif p.is_dir():
+            out += sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
+    if not out:
+        raise UserError(f"data.source={source!r}: no such file, directory or matching files")
+    return out
+
+
+def open_binary(path: Path):
+    """A binary stream of the file's content, decompressing .gz / .zst transparently."""
+    _, compression = _format(path)
+    if compression == ".gz":
+        return gzip.open(path, "rb")
+    if compression == ".zst":
+        import zstandard
+
+        return zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True)
+    return open(path, "rb")
+
+
+def _lines(path: Path, bad: BadRows, skip: bool) -> Iterator[tuple[int, str]]:
+    """(line number, text) of a UTF-8 file; a line that is not UTF-8 is a bad row."""
+    with open_binary(path) as raw:
+        for number, line in enumerate(io.BufferedReader(raw) if not hasattr(raw, "peek") else raw, start=1):
+            try:
+                yield number, line.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as e:
+                bad.add(f"{path}:{number}", f"not UTF-8 (byte {e.start})", skip)
+
+
+def _pick(row: dict, fields: Fields, where: str, bad: BadRows) -> dict | None:
+    """The wanted fields of one row, or None (skipped) when one is missing or empty."""
+    record = {}
+    for key, name in fields.wanted().items():
+        value = row.get(name)
+        if value is None or (isinstance(value, str) and key != "label" and not value.strip()):
+            present = ", ".join(map(str, row)) or "none"
+            bad.add(where, f"missing field '{name}' (data.{key}_field; fields present: {present})", fields.skip_bad_rows)
+            return None
+        record[key] = value if key == "label" else str(value)
+    return record
+
+
+def _read_text(path: Path, fields: Fields, bad: BadRows) -> Iterator[dict]:
+    if fields.task != "lm":
+        raise UserError(f"{path}: a plain text file gives documents only; task={fields.task} needs .jsonl/.csv/.tsv/.parquet "
+                        f"with fields {', '.join(fields.wanted().values())}")
+    if fields.text_per_line:
+        for _, line in _lines(path, bad, fields.skip_bad_rows):
+            if line.strip():
+                yield {"text": line}
+        return
+    with open_binary(path) as f:
+        data = f.read()
+    try:
+        yield {"text": data.decode("utf-8")}
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        bad.add(f"{path}:{line}", f"not UTF-8 (byte {e.start})", fields.skip_bad_rows)
+
+
+def _read_jsonl(path: Path, fields: Fields, bad: BadRows) -> Iterator[dict]:
+    for number, line in _lines(path, bad, fields.skip_bad_rows):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            bad.add(f"{path}:{number}", f"not valid JSON ({e.msg} at column {e.colno})", fields.skip_bad_rows)
+            continue
+        if not isinstance(row, dict):
+            bad.add(f"{path}:{number}", "expected a JSON object per line", fields.skip_bad_rows)
+            continue
+        record = _pick(row, fields, f"{path}:{number}", bad)
+        if record is not None:
+            yield record
+
+
+def _read_csv(path: Path, fields: Fields, bad: BadRows, delimiter: str) -> Iterator[dict]:
+    with open_binary(path) as raw:
+        text = io.TextIOWrapper(raw, encoding="utf-8", newline="")
+        reader = csv.reader(text, delimiter=delimiter)
+        try:
+            header = next(reader)
+        except StopIteration:
+            return
+        except UnicodeDecodeError as e:
+            raise UserError(f"{path}:1: not UTF-8 (byte {e.start})") from None
+        while True:
+            try:
+                values = next(reader)
+            except StopIteration:
+                return
+            except UnicodeDecodeError as e:
+                raise UserError(f"{path}:{reader.line_num}: not UTF-8 (byte {e.start})") from None
+            except csv.Error as e:
+                bad.add(f"{path}:{reader.line_num}", f"malformed row ({e})", fields.skip_bad_rows)
+                continue
+            if not values:
+                continue
+            if len(values) != len(header):
+                bad.add(f"{path}:{reader.line_num}", f"{len(values)} columns, the header has {len(header)}",
+                        fields.skip_bad_rows)
+                continue
+            record = _pick(dict(zip(header, values)), fields, f"{path}:{reader.line_num}", bad)
+            if record is not None:
+                yield record
+
+
+def _read_arrow_table(table, path: Path, fields: Fields, bad: BadRows) -> Iterator[dict]:
+    missing = [n for n in fields.wanted().values() if n not in table.column_names]
+    if missing:
+        raise UserError(f"{path}: no column {missing[0]!r} (columns: {', '.join(table.column_names)}); "
+                        f"set data.{[k for k, v in fields.wanted().items() if v == missing[0]][0]}_field")
+    columns = list(fields.wanted().values())
+    for batch in table.select(columns).to_batches(max_chunksize=4096):
+        for i, row in enumerate(batch.to_pylist()):
+            record = _pick(row, fields, f"{path}:row {i + 1}", bad)
+            if record is not None:
+                yield record
+
+
+def _read_parquet(path: Path, fields: Fields, bad: BadRows) -> Iterator[dict]:
+    import pyarrow.parquet as pq
+
+    with open_binary(path) as f:
+        table = pq.read_table(io.BytesIO(f.read()) if _format(path)[1] else path)
+    yield from _read_arrow_table(table, path, fields, bad)
+
+
+def _read_hf_dataset(path: Path, fields: Fields, bad: BadRows) -> Iterator[dict]:
+    """A directory written by datasets' save_to_disk: Arrow IPC stream files listed in state.json."""
+    import pyarrow as pa
+
+    state = json.loads((path / "state.json").read_text())
+    for entry in state.get("_data_files", []):
+        with pa.memory_map(str(path / entry["filename"])) as source:
+            table = pa.ipc.open_stream(source).read_all()
+        yield from _read_arrow_table(table, path / entry["filename"], fields, bad)
+
+
+def read_file(path: Path, fields: Fields, bad: BadRows) -> Iterator[dict]:
+    """Records of one file (or HF datasets directory)."""
+    if is_hf_dataset_dir(path):
+        yield from _read_hf_dataset(path, fields, bad)
+        return
+    fmt, _ = _format(path)
+    if fmt in (".jsonl", ".json"):
+        yield from _read_jsonl(path, fields, bad)
+    elif fmt in (".csv", ".tsv"):
+        yield from _read_csv(path, fields, bad, "\t" if fmt == ".tsv" else ",")
+    elif fmt == ".parquet":
+        yield from _read_parquet(path, fields, bad)
+    elif fmt in TEXT_SUFFIXES or fields.task == "lm":
+        yield from _read_text(path, fields, bad)
+    else:
+        raise UserError(f"{path}: unknown file type {fmt or '(none)'}; expected .txt, .jsonl, .csv, .tsv, .parquet "
+                        "(optionally .gz/.zst) or a datasets save_to_disk directory")
+
+
+def fingerprint_files(paths: list[Path]) -> list:
+    """What identifies the content of ``paths`` cheaply: name, size and modification time of each file."""
+    out = []
+    for p in paths:
+        files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+        out += [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+    return out

@@ -1,0 +1,86 @@
+"""Task metrics on a split: LM loss / perplexity / bits per byte; classification accuracy and macro-F1;
+translation loss, and BLEU / chrF (sacrebleu) of greedy or beam decoding."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import numpy as np
+import torch
+
+from bigbatch.objectives import OBJECTIVES
+
+
+def _to(batch: dict, device) -> dict:
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+@torch.no_grad()
+def evaluate(model, task: str, batches, device, autocast=contextlib.nullcontext, bytes_per_token: float | None = None,
+             num_classes: int = 0) -> dict:
+    """Mean loss per target over ``batches`` plus the task's metrics. Restores train mode."""
+    was_training = model.training
+    model.eval()
+    loss_sum, n_targets = 0.0, 0
+    confusion = np.zeros((num_classes, num_classes), dtype=np.int64) if task == "classify" else None
+    objective = OBJECTIVES[task]
+    for batch in batches:
+        batch = _to(batch, device)
+        with autocast():
+            s, n, _ = objective(model, batch)
+            if confusion is not None:
+                pred = model(batch["input_ids"], batch["attention_mask"]).argmax(-1)
+                np.add.at(confusion, (batch["labels"].cpu().numpy(), pred.cpu().numpy()), 1)
+        loss_sum += float(s)
+        n_targets += int(n)
+    model.train(was_training)
+    loss = loss_sum / max(n_targets, 1)
+    out = {"loss": loss, "eval_targets": n_targets}
+    if task in ("lm", "translate"):
+        out["perplexity"] = math.exp(min(loss, 50.0))
+    if task == "lm" and bytes_per_token:
+        out["bits_per_byte"] = loss / bytes_per_token / math.log(2)
+    if confusion is not None:
+        out.update(classification_metrics(confusion))
+    return out
+
+
+def classification_metrics(confusion: np.ndarray) -> dict:
+    """accuracy and macro-F1 (mean over classes that occur in labels or predictions) of a confusion matrix."""
+    tp = np.diag(confusion).astype(np.float64)
+    support, predicted = confusion.sum(1), confusion.sum(0)
+    present = (support + predicted) > 0
+    f1 = np.where(present, 2 * tp / np.maximum(support + predicted, 1), 0.0)
+    return {"accuracy": float(tp.sum() / max(confusion.sum(), 1)), "macro_f1": float(f1[present].mean()) if present.any() else 0.0}
+
+
+def unigram_bits_per_byte(train_tokens: np.ndarray, eval_tokens: np.ndarray, vocab_size: int,
+                          bytes_per_token: float) -> float:
+    """The token-frequency baseline: cross-entropy of ``eval_tokens`` under the train split's unigram
+    distribution (add-one smoothed), in bits per byte of text."""
+    counts = np.bincount(train_tokens, minlength=vocab_size).astype(np.float64) + 1.0
+    log2p = np.log2(counts / counts.sum())
+    return float(-log2p[eval_tokens].mean() / bytes_per_token)
+
+
+@torch.no_grad()
+def translation_scores(model, batches, tokenizer, device, beam: int = 1, max_sentences: int = 500) -> dict:
+    """Decode sources, detokenize, and score against the references with sacrebleu."""
+    import sacrebleu
+
+    from bigbatch.nn.generate import translate
+
+    model.eval()
+    hyps, refs = [], []
+    for batch in batches:
+        out = translate(model, batch["src_ids"].to(device), tokenizer.bos_id, tokenizer.eos_id,
+                        max_new_tokens=model.config.max_len - 1, beam=beam, src_mask=batch["src_mask"].to(device))
+        hyps += [tokenizer.decode(o) for o in out]
+        tgt, mask = batch["tgt_ids"], batch["tgt_mask"]
+        refs += [tokenizer.decode(t[m][1:-1].tolist()) for t, m in zip(tgt, mask)]
+        if len(hyps) >= max_sentences:
+            break
+    hyps, refs = hyps[:max_sentences], refs[:max_sentences]
+    return {"bleu": sacrebleu.corpus_bleu(hyps, [refs]).score, "chrf": sacrebleu.corpus_chrf(hyps, [refs]).score,
+            "sentences": len(hyps), "examples": list(zip(hyps[:3], refs[:3]))}
