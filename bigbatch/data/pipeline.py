@@ -35,10 +35,14 @@ def shard_dir_for(cfg: Config, progress: bool = True) -> Path:
     return prepare(prepare_spec(cfg), cfg.data.shard_dir, progress=progress)
 
 
-def tokenizer_of(directory: Path):
+def tokenizer_of(directory: Path, kind: str | None = None):
     """The tokenizer saved beside shards or in a run directory (byte-level when none is saved)."""
     path = Path(directory) / "tokenizer.json"
-    return load_tokenizer_file(path) if path.exists() else ByteTokenizer()
+    if not path.exists():
+        return ByteTokenizer()
+    tok = load_tokenizer_file(path)
+    tok.kind = kind or tok.kind
+    return tok
 
 
 @dataclass
@@ -77,7 +81,8 @@ def build_data(cfg: Config, micro: int, rank: int = 0, world_size: int = 1, prog
     """Prepare or reuse shards and open the training stream (``micro`` rows, examples or tokens per micro-batch)."""
     shard_dir = shard_dir_for(cfg, progress)
     manifest = read_manifest(shard_dir)
-    data = TaskData(cfg, shard_dir, manifest, tokenizer_of(shard_dir), None, micro, rank, world_size)
+    tokenizer = tokenizer_of(shard_dir, manifest["tokenizer"]["kind"])
+    data = TaskData(cfg, shard_dir, manifest, tokenizer, None, micro, rank, world_size)
     data.train = data.loader("train", shuffle=True, seed=cfg.train.seed)
     if cfg.task != "lm":
         data.train.check_bucketing()

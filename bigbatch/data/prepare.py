@@ -80,8 +80,25 @@ def _records(source: str, split: str | None, spec: PrepareSpec, bad: BadRows) ->
             yield split or split_of(key), record
         return
     for path in expand(source):
-        for record in read_file(path, spec.fields, bad):
-            yield split or split_of(record.get("text") or record.get("src", "")), record
+        dict_splits = _dataset_dict_splits(path)
+        for sub, fixed in dict_splits or [(path, split)]:
+            for record in read_file(sub, spec.fields, bad):
+                yield fixed or split or split_of(record.get("text") or record.get("src", "")), record
+
+
+_HF_SPLITS = {"train": "train", "validation": "valid", "valid": "valid", "dev": "valid", "test": "test"}
+
+
+def _dataset_dict_splits(path: Path) -> list[tuple[Path, str]] | None:
+    """A DatasetDict saved with save_to_disk: its train / validation / test sub-datasets, each a fixed split."""
+    listing = path / "dataset_dict.json" if path.is_dir() else None
+    if listing is None or not listing.exists():
+        return None
+    names = json.loads(listing.read_text()).get("splits", [])
+    unknown = [n for n in names if n not in _HF_SPLITS]
+    if unknown:
+        raise UserError(f"{path}: split {unknown[0]!r} is not one of {', '.join(_HF_SPLITS)}")
+    return [(path / n, _HF_SPLITS[n]) for n in names]
 
 
 def _streams(spec: PrepareSpec) -> list[tuple[str, str, str | None]]:

@@ -78,7 +78,7 @@ def expand(source: str) -> list[Path]:
         paths = [Path(os.path.expanduser(source))]
     out: list[Path] = []
     for p in paths:
-        if is_hf_dataset_dir(p) or p.is_file():
+        if is_hf_dataset_dir(p) or p.is_file() or (p / "dataset_dict.json").exists():
             out.append(p)
         elif p.is_dir():
             out += sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
