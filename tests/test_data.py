@@ -361,3 +361,27 @@ def test_read_mo_and_filters(tmp_path):
     assert not _keep_pair("%s: %d", "%s: %d %d")  # placeholders differ
     assert not _keep_pair("%s", "%s!")  # format only
     assert not _keep_pair("Delete %s", "Löschen")  # a placeholder lost
+
+
+def test_debian_descriptions_join_by_md5(tmp_path, monkeypatch):
+    """The builder joins Section (Packages) to the long description (Translation-en) and keys by source package."""
+    from bigbatch.data import debian
+
+    monkeypatch.setenv("BIGBATCH_CACHE", str(tmp_path))
+    lists = tmp_path / "apt" / "lists"
+    lists.mkdir(parents=True)
+    (lists / "x_main_binary-amd64_Packages").write_text(
+        "Package: foo\nSection: utils\nDescription-md5: aa\n\n"
+        "Package: libfoo-dev\nSource: foo (1.0)\nSection: libdevel\nDescription-md5: bb\n\n"
+        "Package: bar\nSection: contrib/games\nDescription-md5: cc\n\n"
+        "Package: nodesc\nSection: utils\nDescription-md5: zz\n")
+    (lists / "x_main_i18n_Translation-en").write_text(
+        "Package: foo\nDescription-md5: aa\nDescription-en: do foo\n a tool.\n .\n more.\n\n"
+        "Package: libfoo-dev\nDescription-md5: bb\nDescription-en: foo headers\n\n"
+        "Package: bar\nDescription-md5: cc\nDescription-en: a game\n")
+    records = list(debian.debian_descriptions("classify"))
+    assert records == [("foo", {"text": "do foo\na tool.\n\nmore.", "label": "utils"}),
+                       ("foo", {"text": "foo headers", "label": "libdevel"}),
+                       ("bar", {"text": "a game", "label": "games"})]
+    with pytest.raises(UserError, match="set task=classify"):
+        list(debian.debian_descriptions("lm"))

@@ -114,7 +114,7 @@ class ExampleLoader:
         rows = s.index[np.sort(ids)]
         if self.task == "translate":
             return self._translate_batch(s, rows)
-        seqs = [s.tokens[r["offset"] : r["offset"] + min(r["length"], self.max_len)] for r in rows]
+        seqs = [s.read(r["offset"], r["offset"] + min(r["length"], self.max_len)) for r in rows]
         width = self._pad(max(len(x) for x in seqs))
         input_ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
         for i, x in enumerate(seqs):
@@ -128,8 +128,8 @@ class ExampleLoader:
                 "n_targets": len(seqs)}
 
     def _translate_batch(self, s, rows) -> dict:
-        src = [s.tokens[r["offset"] : r["offset"] + min(r["length"], self.max_len)] for r in rows]
-        tgt = [s.tokens[r["offset"] + r["length"] : r["offset"] + r["length"] + min(r["tgt_length"], self.max_len - 1)]
+        src = [s.read(r["offset"], r["offset"] + min(r["length"], self.max_len)) for r in rows]
+        tgt = [s.read(r["offset"] + r["length"], r["offset"] + r["length"] + min(r["tgt_length"], self.max_len - 1))
                for r in rows]
         ws, wt = self._pad(max(len(x) for x in src)), self._pad(max(len(x) for x in tgt) + 2)
         src_ids = torch.full((len(rows), ws), self.pad_id, dtype=torch.long)

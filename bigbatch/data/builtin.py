@@ -5,6 +5,7 @@ test never overlap and stay stable across machines and runs.
 
     python-stdlib     the running interpreter's standard library .py files     lm        key: path
     gettext[:LANG]    English -> LANG messages of /usr/share/locale/LANG/*.mo   translate key: normalised source
+    debian-descriptions  package description -> archive section (data/debian.py) classify key: source package
 """
 
 from __future__ import annotations
@@ -118,8 +119,9 @@ def gettext_pairs(task: str, lang: str = "de") -> Iterator[tuple[str, dict]]:
 
 def _parse(name: str) -> tuple[str, str | None]:
     base, _, arg = name.partition(":")
-    if base not in ("python-stdlib", "gettext"):
-        raise UserError(f"data.source=builtin:{name} is unknown: expected builtin:python-stdlib or builtin:gettext[:LANG]")
+    if base not in ("python-stdlib", "gettext", "debian-descriptions"):
+        raise UserError(f"data.source=builtin:{name} is unknown: expected builtin:python-stdlib, "
+                        "builtin:gettext[:LANG] or builtin:debian-descriptions")
     return base, arg or None
 
 
@@ -128,11 +130,19 @@ def builtin_records(name: str, task: str) -> Iterator[tuple[str, dict]]:
     base, arg = _parse(name)
     if base == "python-stdlib":
         return python_stdlib(task)
+    if base == "debian-descriptions":
+        from bigbatch.data.debian import debian_descriptions
+
+        return debian_descriptions(task)
     return gettext_pairs(task, arg or "de")
 
 
 def builtin_fingerprint(name: str) -> list:
     """What identifies the builtin's inputs on this machine (file names, sizes, times)."""
     base, arg = _parse(name)
+    if base == "debian-descriptions":
+        from bigbatch.data.debian import fingerprint
+
+        return [name, fingerprint()]
     files = _stdlib_files()[1] if base == "python-stdlib" else _mo_files(arg or "de")
     return [name, fingerprint_files(files)]

@@ -104,7 +104,7 @@ class PackedLMLoader:
 
     def row(self, shard: int, r: int) -> np.ndarray:
         start = r * self.seq_len
-        return self.shards.shards[shard].tokens[start : start + self.seq_len + 1]
+        return self.shards.shards[shard].read(start, start + self.seq_len + 1)
 
     def make_batch(self, rows: list[np.ndarray]) -> dict:
         ids = torch.from_numpy(np.stack(rows).astype(np.int64))

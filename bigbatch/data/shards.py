@@ -90,7 +90,7 @@ def read_manifest(shard_dir: Path) -> dict:
 
 
 class Shard:
-    """One shard's tokens and index, memory-mapped (nothing is read until used)."""
+    """One shard: its index memory-mapped, its tokens read on demand (``read``)."""
 
     def __init__(self, shard_dir: Path, meta: dict, dtype: str, verify: bool = True):
         self.bin_path, self.idx_path = shard_dir / meta["bin"], shard_dir / meta["idx"]
@@ -106,8 +106,21 @@ class Shard:
                 if sha256_file(path) != meta[key]:
                     raise UserError(f"{path}: checksum mismatch, the shard is corrupt; prepare the data again")
         self.n_examples, self.n_tokens = meta["n_examples"], meta["n_tokens"]
-        self.tokens = np.memmap(self.bin_path, dtype=dtype, mode="r") if self.n_tokens else np.zeros(0, dtype=dtype)
+        self.dtype = np.dtype(dtype)
         self.index = np.load(self.idx_path, mmap_mode="r")
+        self._fd = os.open(self.bin_path, os.O_RDONLY)
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Tokens [start, stop) of the shard. A positioned read, not a memory map: pages of a dataset
+        larger than memory never pile up in this process's resident set."""
+        size = self.dtype.itemsize
+        data = os.pread(self._fd, (stop - start) * size, start * size)
+        return np.frombuffer(data, dtype=self.dtype)
+
+    def __del__(self):
+        fd = getattr(self, "_fd", None)
+        if fd is not None:
+            os.close(fd)
 
 
 class ShardSet:

@@ -363,8 +363,8 @@ def _finish(ctx: _Context, state: dict, wall_s: float) -> dict:
 def _unigram_baseline(ctx: _Context) -> float:
     """Bits per byte of the valid split under the train split's token frequencies (first train shard)."""
     train_shard = ctx.data.train.shards.shards[0]
-    valid = np.concatenate([s.tokens for s in ctx.valid.shards.shards])
-    return unigram_bits_per_byte(np.asarray(train_shard.tokens), valid, ctx.data.tokenizer.vocab_size,
+    valid = np.concatenate([s.read(0, s.n_tokens) for s in ctx.valid.shards.shards])
+    return unigram_bits_per_byte(train_shard.read(0, train_shard.n_tokens), valid, ctx.data.tokenizer.vocab_size,
                                  ctx.valid.shards.bytes_per_token)
 
 
