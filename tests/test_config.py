@@ -71,7 +71,9 @@ def test_parse_set_nests():
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_every_config_file_loads_and_builds(path):
     cfg = load_config(path)
-    build_model(cfg.task, cfg.model.__class__(**{**cfg.model.__dict__, "vocab_size": 258}))
+    filled = {"vocab_size": cfg.model.vocab_size or 259, "num_classes": cfg.model.num_classes or 20}
+    model = build_model(cfg.task, cfg.model.__class__(**{**cfg.model.__dict__, **filled}))
+    assert sum(p.numel() for p in model.parameters()) > 0
 
 
 @pytest.mark.parametrize("name", PRESETS)

@@ -142,31 +142,56 @@ def _build_tokenizer(spec: PrepareSpec, out: Path):
     return tok, path
 
 
-# the tokenizer of a worker process, loaded once by _init_worker
+# the tokenizer and token dtype of a worker process, set once by _init_worker
 _WORKER: dict = {}
 
 
-def _init_worker(tokenizer_path: str | None) -> None:
+def _init_worker(tokenizer_path: str | None, dtype: str) -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     _WORKER["tok"] = ByteTokenizer() if tokenizer_path is None else load_tokenizer_file(tokenizer_path)
+    _WORKER["dtype"] = np.dtype(dtype)
 
 
-def _tokenize_group(args) -> list[tuple]:
-    """[(split, record)] -> [(split, ids, tgt_ids, label, n_bytes, text_chars)] in the same order."""
+def _encode_flat(texts: list[str], eos: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Texts -> (all their ids back to back in the shard dtype, length of each); ``eos`` appended to each."""
+    tok, dtype = _WORKER["tok"], _WORKER["dtype"]
+    lists = tok.encode_lists(texts)
+    extra = [] if eos is None else [eos]
+    lengths = np.fromiter((len(x) + len(extra) for x in lists), dtype=np.int32, count=len(lists))
+    flat = np.fromiter(itertools.chain.from_iterable(x + extra if extra else x for x in lists), dtype=dtype,
+                       count=int(lengths.sum()))
+    return flat, lengths
+
+
+def _tokenize_group(args) -> tuple[dict, int, int]:
+    """A group of (split, record) -> (per split one part: flat tokens + per-example columns, chars read, records).
+
+    One flat array per split and group keeps what crosses the process boundary small and cheap.
+    """
     task, group = args
     tok = _WORKER["tok"]
-    if task == "translate":
-        src = tok.encode_batch([r["src"] for _, r in group])
-        tgt = tok.encode_batch([r["tgt"] for _, r in group])
-        return [(s, a, b, None, len(r["src"].encode()), len(r["src"]) + len(r["tgt"]))
-                for (s, r), a, b in zip(group, src, tgt)]
-    ids = tok.encode_batch([r["text"] for _, r in group])
-    out = []
-    for (s, r), a in zip(group, ids):
-        if task == "lm":
-            a = np.append(a, np.uint32(tok.eos_id))
-        out.append((s, a, None, r.get("label"), len(r["text"].encode()), len(r["text"])))
-    return out
+    parts, chars = {}, 0
+    for split in ("train", "valid", "test"):
+        records = [r for s, r in group if s == split]
+        if not records:
+            continue
+        if task == "translate":
+            src, src_len = _encode_flat([r["src"] for r in records])
+            tgt, tgt_len = _encode_flat([r["tgt"] for r in records])
+            starts, tstarts = np.concatenate([[0], np.cumsum(src_len)]), np.concatenate([[0], np.cumsum(tgt_len)])
+            tokens = np.concatenate([x for i in range(len(records)) for x in
+                                     (src[starts[i]:starts[i + 1]], tgt[tstarts[i]:tstarts[i + 1]])])
+            texts = [r["src"] for r in records]
+            chars += sum(len(r["tgt"]) for r in records)
+        else:
+            texts = [r["text"] for r in records]
+            tokens, src_len = _encode_flat(texts, tok.eos_id if task == "lm" else None)
+            tgt_len = np.zeros(len(records), dtype=np.int32)
+        chars += sum(len(t) for t in texts)
+        parts[split] = {"tokens": tokens, "length": src_len, "tgt_length": tgt_len,
+                        "labels": [r.get("label") for r in records],
+                        "n_bytes": np.fromiter((len(t.encode()) for t in texts), dtype=np.int64, count=len(texts))}
+    return parts, chars, len(group)
 
 
 class _Progress:
@@ -203,9 +228,10 @@ def prepare(spec: PrepareSpec, out: str | Path | None = None, progress: bool = T
     dtype = token_dtype(tok.vocab_size)
     bad = BadRows()
     ctx = multiprocessing.get_context("fork")
-    pool = ctx.Pool(spec.workers, _init_worker, (str(tok_path) if tok_path else None,)) if spec.workers > 1 else None
+    init_args = (str(tok_path) if tok_path else None, dtype)
+    pool = ctx.Pool(spec.workers, _init_worker, init_args) if spec.workers > 1 else None
     if pool is None:
-        _init_worker(str(tok_path) if tok_path else None)
+        _init_worker(*init_args)
     try:
         for name, source, split in _streams(spec):
             _prepare_stream(spec, out, name, source, split, state, dtype, bad, pool, progress)
@@ -222,32 +248,22 @@ def _prepare_stream(spec, out, name, source, split, state, dtype, bad, pool, pro
     records = _records(source, split, spec, bad)
     skip = stream["records"]
     records = itertools.islice(records, skip, None)  # already in finished shards: read, not tokenised
-    groups = ((spec.task, list(g)) for g in iter(lambda: list(itertools.islice(records, GROUP)), []))
+    groups = ((spec.task, g) for g in iter(lambda: list(itertools.islice(records, GROUP)), []))
     results = pool.imap(_tokenize_group, groups) if pool is not None else map(_tokenize_group, groups)
     labels = {label: i for i, label in enumerate(state.state["labels"])}
     chunk: dict[str, list] = {"train": [], "valid": [], "test": []}
-    chunk_tokens, done, start = 0, skip, time.time()
+    chunk_tokens, done, start, tokens_total = 0, skip, time.time(), 0
     bar = tqdm(desc=f"prepare {name}", unit="B", unit_scale=True, disable=not progress, mininterval=1.0)
-    tokens_total = 0
-    for group in results:
-        for s, ids, tgt, label, n_bytes, n_chars in group:
-            ex = {"ids": ids, "n_bytes": n_bytes}
-            if tgt is not None:
-                ex["tgt_ids"] = tgt
+    for parts, chars, n_records in results:
+        for s, part in parts.items():
             if spec.task == "classify":
-                key = str(label)
-                if key not in labels:
-                    labels[key] = len(labels)
-                    state.state["labels"].append(key)
-                ex["label"] = labels[key]
-                if ex["label"] not in state.state["label_splits"][s]:
-                    state.state["label_splits"][s].append(ex["label"])
-            n = len(ids) + (len(tgt) if tgt is not None else 0)
-            chunk[s].append(ex)
-            chunk_tokens += n
-            tokens_total += n
-            bar.update(n_chars)
-        done += len(group)
+                part["label"] = np.array([_label_id(str(x), labels, state.state, s) for x in part["labels"]],
+                                         dtype=np.int32)
+            chunk[s].append(part)
+            chunk_tokens += len(part["tokens"])
+            tokens_total += len(part["tokens"])
+        bar.update(chars)
+        done += n_records
         if chunk_tokens >= spec.shard_tokens:
             _write_chunk(out, name, stream, chunk, dtype, state, done, bad)
             chunk, chunk_tokens = {"train": [], "valid": [], "test": []}, 0
@@ -258,10 +274,21 @@ def _prepare_stream(spec, out, name, source, split, state, dtype, bad, pool, pro
     bar.close()
 
 
+def _label_id(label: str, labels: dict, state: dict, split: str) -> int:
+    """Label -> id, ids given in order of first appearance; remembers which splits hold which ids."""
+    if label not in labels:
+        labels[label] = len(labels)
+        state["labels"].append(label)
+    i = labels[label]
+    if i not in state["label_splits"][split]:
+        state["label_splits"][split].append(i)
+    return i
+
+
 def _write_chunk(out, name, stream, chunk, dtype, state, done, bad) -> None:
-    for split, examples in chunk.items():
-        if examples:
-            meta = write_shard(out / split, f"{name}-{stream['chunks']:05d}", examples, dtype)
+    for split, parts in chunk.items():
+        if parts:
+            meta = write_shard(out / split, f"{name}-{stream['chunks']:05d}", parts, dtype)
             state.state["shards"][split].append(meta)
     stream["chunks"] += 1
     stream["records"] = done

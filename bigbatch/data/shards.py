@@ -52,30 +52,26 @@ def write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def write_shard(directory: Path, name: str, examples: list[dict], dtype: str) -> dict:
-    """Write one shard from examples {"ids", optional "tgt_ids", "label", "n_bytes"}; returns its metadata.
-
-    The .bin and .idx.npy go to temporary names first; only complete files carry the final names.
-    """
+def write_shard(directory: Path, name: str, parts: list[dict], dtype: str) -> dict:
+    """Write one shard from parts {"tokens", "length", "tgt_length", optional "label", "n_bytes"} (each
+    a group of examples, tokens back to back); returns its metadata. Files get their final names
+    only when complete."""
     directory.mkdir(parents=True, exist_ok=True)
-    index = np.zeros(len(examples), dtype=INDEX_DTYPE)
-    parts, offset = [], 0
-    for i, ex in enumerate(examples):
-        ids, tgt = ex["ids"], ex.get("tgt_ids")
-        index[i] = (offset, len(ids), 0 if tgt is None else len(tgt), ex.get("label", -1), ex.get("n_bytes", 0))
-        parts.append(ids)
-        offset += len(ids)
-        if tgt is not None:
-            parts.append(tgt)
-            offset += len(tgt)
-    tokens = np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype)
+    tokens = np.concatenate([p["tokens"] for p in parts]).astype(dtype, copy=False)
+    length = np.concatenate([p["length"] for p in parts])
+    tgt_length = np.concatenate([p["tgt_length"] for p in parts])
+    index = np.zeros(len(length), dtype=INDEX_DTYPE)
+    index["length"], index["tgt_length"] = length, tgt_length
+    index["offset"] = np.concatenate([[0], np.cumsum(length.astype(np.int64) + tgt_length)[:-1]])
+    index["label"] = np.concatenate([p.get("label", np.full(len(p["length"]), -1)) for p in parts])
+    index["n_bytes"] = np.concatenate([p["n_bytes"] for p in parts])
     bin_path, idx_path = directory / f"{name}.bin", directory / f"{name}.idx.npy"
     write_atomic(bin_path, tokens.tobytes())
     tmp_idx = directory / f".{name}.idx.tmp-{os.getpid()}.npy"
     np.save(tmp_idx, index)
     os.replace(tmp_idx, idx_path)
     return {"bin": f"{directory.name}/{bin_path.name}", "idx": f"{directory.name}/{idx_path.name}",
-            "n_examples": len(examples), "n_tokens": int(offset), "n_bytes": int(index["n_bytes"].sum()),
+            "n_examples": len(index), "n_tokens": len(tokens), "n_bytes": int(index["n_bytes"].sum()),
             "sha256": sha256_file(bin_path), "idx_sha256": sha256_file(idx_path)}
 
 

@@ -31,6 +31,9 @@ class ByteTokenizer:
     def encode_batch(self, texts: Iterable[str]) -> list[np.ndarray]:
         return [self.encode(t) for t in texts]
 
+    def encode_lists(self, texts: Iterable[str]) -> list[list[int]]:
+        return [list(t.encode("utf-8")) for t in texts]
+
     def decode(self, ids) -> str:
         """ids -> text; special ids are dropped, broken UTF-8 sequences become U+FFFD."""
         return bytes(int(i) for i in ids if int(i) < 256).decode("utf-8", errors="replace")
@@ -69,7 +72,10 @@ class HFTokenizer:
         return np.asarray(self.tok.encode(text, add_special_tokens=False).ids, dtype=np.uint32)
 
     def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
-        return [np.asarray(e.ids, dtype=np.uint32) for e in self.tok.encode_batch(list(texts), add_special_tokens=False)]
+        return [np.asarray(ids, dtype=np.uint32) for ids in self.encode_lists(texts)]
+
+    def encode_lists(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.tok.encode_batch(list(texts), add_special_tokens=False)]
 
     def decode(self, ids) -> str:
         return self.tok.decode([int(i) for i in ids], skip_special_tokens=True)
