@@ -253,7 +253,8 @@ def _prepare_stream(spec, out, name, source, split, state, dtype, bad, pool, pro
     labels = {label: i for i, label in enumerate(state.state["labels"])}
     chunk: dict[str, list] = {"train": [], "valid": [], "test": []}
     chunk_tokens, done, start, tokens_total = 0, skip, time.time(), 0
-    bar = tqdm(desc=f"prepare {name}", unit="B", unit_scale=True, disable=not progress, mininterval=1.0)
+    total = None if source.startswith("builtin:") else sum(f.stat().st_size for f in expand(source) if f.is_file())
+    bar = tqdm(desc=f"prepare {name}", total=total, unit="B", unit_scale=True, disable=not progress, mininterval=1.0)
     for parts, chars, n_records in results:
         for s, part in parts.items():
             if spec.task == "classify":

@@ -1,0 +1,1 @@
+"""Sources, builtin corpora, tokenizers, shard preparation, streaming loaders and batching."""

@@ -1,0 +1,1 @@
+"""The training loop, optimisers and schedules, checkpoints, metrics."""
