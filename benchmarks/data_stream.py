@@ -11,7 +11,6 @@
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -27,15 +26,19 @@ from bigbatch.data.sources import Fields
 
 
 def shard_set(work: Path, gigabytes: float) -> Path:
-    """Byte-level shards of ~``gigabytes`` GB of tokens (uint16): stdlib text repeated into one big .txt."""
-    text_path = work / f"stdlib-{gigabytes:g}gb.txt"
-    if not text_path.exists():
-        text = "\n".join(rec["text"] for _, rec in python_stdlib("lm"))
-        repeats = int(gigabytes * 1e9 / 2 / len(text.encode())) + 1  # uint16: 2 bytes per byte-token
-        with open(text_path, "w") as f:
-            for _ in range(repeats):
-                f.write(text)
-    spec = PrepareSpec(source=str(text_path), task="lm", fields=Fields(task="lm"), workers=2, shard_tokens=128_000_000)
+    """Byte-level shards of ~``gigabytes`` GB (uint16: 2 bytes per token): the standard library's files
+    as ~64 KB JSONL documents, repeated until the size is reached."""
+    corpus = work / f"stdlib-{gigabytes:g}gb.jsonl"
+    if not corpus.exists():
+        docs = [json.dumps({"text": rec["text"][i : i + 65536]}) + "\n" for _, rec in python_stdlib("lm")
+                for i in range(0, len(rec["text"]), 65536)]
+        target, written = gigabytes * 1e9 / 2 * 1.2, 0  # JSON escapes make the file ~1.2x the text
+        with open(corpus, "w") as f:
+            while written < target:
+                for d in docs:
+                    f.write(d)
+                    written += len(d)
+    spec = PrepareSpec(source=str(corpus), task="lm", fields=Fields(task="lm"), workers=2, shard_tokens=128_000_000)
     return prepare(spec, work / f"shards-{gigabytes:g}gb", progress=False)
 
 
@@ -47,7 +50,8 @@ def stream(shard_dir: str, batches: int) -> dict:
     for _ in range(batches):
         loader.next_batch()
     seconds = time.perf_counter() - start
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM: this process's own peak (ru_maxrss would carry over the parent's peak across fork + exec)
+    rss_mb = int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) / 1024
     size_gb = sum(s.n_tokens for s in shards.shards) * np.dtype(shards.dtype).itemsize / 1e9
     return {"tokens_per_s": batches * 16 * 256 / seconds, "peak_rss_mb": rss_mb, "size_gb": size_gb}
 

@@ -155,6 +155,14 @@ def _init_worker(tokenizer_path: str | None, dtype: str) -> None:
 def _encode_flat(texts: list[str], eos: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Texts -> (all their ids back to back in the shard dtype, length of each); ``eos`` appended to each."""
     tok, dtype = _WORKER["tok"], _WORKER["dtype"]
+    if isinstance(tok, ByteTokenizer):  # bytes are ids: no per-token Python objects
+        arrays = [np.frombuffer(t.encode("utf-8"), dtype=np.uint8) for t in texts]
+        if eos is not None:
+            arrays = [x for a in arrays for x in (a, np.array([eos]))]
+            lengths = np.array([len(a) + 1 for a in arrays[::2]], dtype=np.int32)
+        else:
+            lengths = np.array([len(a) for a in arrays], dtype=np.int32)
+        return np.concatenate(arrays).astype(dtype) if arrays else np.zeros(0, dtype), lengths
     lists = tok.encode_lists(texts)
     extra = [] if eos is None else [eos]
     lengths = np.fromiter((len(x) + len(extra) for x in lists), dtype=np.int32, count=len(lists))
