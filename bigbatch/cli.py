@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from bigbatch.errors import UserError
+from bigbatch.errors import TrainingError, UserError
 
 
 def cmd_train(args) -> int:
@@ -235,6 +235,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"bigbatch: error: {e}", file=sys.stderr)
         return 2
+    except TrainingError as e:
+        if args.debug:
+            raise
+        print(f"bigbatch: training stopped: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("bigbatch: interrupted", file=sys.stderr)
         return 130

@@ -131,8 +131,10 @@ class TrainConfig:
     """Examples per forward/backward; None = the whole global batch. The rest is gradient accumulation."""
     micro_batch_tokens: Optional[int] = None
     """classify / translate: token budget of a micro-batch, padding included (length-bucketed batches)."""
-    precision: Literal["fp32", "bf16"] = "fp32"
-    """Compute precision: fp32, or bf16 autocast."""
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """Compute precision: fp32, bf16 autocast (CPU and CUDA), or fp16 autocast with gradient scaling (CUDA)."""
+    max_bad_steps: int = 5
+    """Stop after this many optimiser steps in a row whose loss or gradient is not finite (each is skipped)."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this; 0 = no clipping."""
     activation_checkpointing: bool = False
@@ -159,7 +161,7 @@ class TrainConfig:
     """Language models: length of the sample printed at the end."""
 
     def __post_init__(self):
-        _positive(self, "max_steps", "log_every", "keep_last", "eval_batches")
+        _positive(self, "max_steps", "log_every", "keep_last", "eval_batches", "max_bad_steps")
         _positive(self, "global_batch_size", "global_batch_tokens", "micro_batch_size", "micro_batch_tokens", "max_tokens")
         _non_negative(self, "eval_every", "save_every", "grad_clip", "sample_tokens")
         if self.global_batch_size and self.global_batch_tokens:
@@ -168,8 +170,8 @@ class TrainConfig:
 
 @dataclass
 class OptimConfig:
-    name: Literal["adamw", "sgd"] = "adamw"
-    """Optimiser."""
+    name: Literal["adamw", "lamb", "sgd"] = "adamw"
+    """Optimiser: AdamW, LAMB (layer-wise trust ratio, You et al. 2019) or SGD with momentum."""
     lr: float = 1e-3
     """Peak learning rate."""
     base_lr: Optional[float] = None
@@ -190,14 +192,18 @@ class OptimConfig:
     """Final learning rate of cosine / linear / wsd decay, as a fraction of the peak."""
     decay_fraction: float = 0.2
     """wsd: the fraction of training spent in the final decay."""
-    scale_rule: Literal["none"] = "none"
-    """Learning-rate scaling with the global batch."""
+    scale_rule: Literal["auto", "none", "linear", "sqrt"] = "auto"
+    """How lr follows the global batch B when reference_batch is set: linear (lr·B/B_ref, Goyal et al. 2017),
+    sqrt (lr·√(B/B_ref), Malladi et al. 2022), none; auto = linear for sgd, sqrt for adamw and lamb."""
     reference_batch: Optional[int] = None
-    """Global batch the learning rate was tuned at (for scale_rule)."""
+    """Global batch the lr and warm-up were tuned at: tokens if train.global_batch_tokens is set, else examples."""
+    base_warmup_steps: Optional[int] = None
+    """The warm-up as given, before batch-size scaling (filled in by the trainer)."""
 
     def __post_init__(self):
         _positive(self, "lr", "eps")
         _non_negative(self, "weight_decay", "warmup_steps", "momentum")
+        _positive(self, "reference_batch")
         _fraction(self, "min_lr_ratio", "decay_fraction")
         if not all(0.0 <= b < 1.0 for b in self.betas):
             raise UserError(f"optim.betas must lie in [0, 1), got {list(self.betas)}")

@@ -3,3 +3,7 @@
 
 class UserError(Exception):
     """Bad input from the user (config, path, data): the message names the thing and what was expected."""
+
+
+class TrainingError(Exception):
+    """Training cannot go on (e.g. the loss stayed non-finite); the last good checkpoint is kept."""

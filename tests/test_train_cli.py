@@ -177,3 +177,27 @@ def test_bf16_autocast_trains(tmp_path):
     rows = train_rows(tmp_path / "bf16")
     assert all(r["loss"] == r["loss"] for r in rows) and rows[-1]["loss"] < rows[0]["loss"]
     assert summary["valid_loss"] < 5.0
+
+
+def test_non_finite_steps_are_skipped_then_stop(tmp_path, monkeypatch):
+    from bigbatch import objectives
+    from bigbatch.errors import TrainingError
+
+    real = objectives.lm_objective
+    calls = {"n": 0}
+
+    def flaky(model, batch):
+        calls["n"] += 1
+        loss_sum, n, logs = real(model, batch)
+        return (loss_sum * float("nan") if calls["n"] in (3, 4) else loss_sum), n, logs
+
+    monkeypatch.setitem(objectives.OBJECTIVES, "lm", flaky)
+    base = ["train.max_steps=8", "train.eval_every=0", "train.save_every=0", "train.sample_tokens=0"]
+    train(load_config(TINY, base), tmp_path / "flaky", progress=False)
+    rows = [json.loads(x) for x in (tmp_path / "flaky" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r.get("skipped")] == [3, 4]
+    assert all(r["loss"] == r["loss"] for r in rows if not r.get("skipped") and "split" not in r)
+
+    monkeypatch.setitem(objectives.OBJECTIVES, "lm", lambda m, b: (lambda s, n, lg: (s * float("nan"), n, lg))(*real(m, b)))
+    with pytest.raises(TrainingError, match="not finite for 3 steps in a row"):
+        train(load_config(TINY, base + ["train.max_bad_steps=3"]), tmp_path / "diverged", progress=False)

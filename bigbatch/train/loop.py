@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -25,14 +24,15 @@ from tqdm import tqdm
 from bigbatch.config import Config
 from bigbatch.data.pipeline import TaskData, build_data
 from bigbatch.distributed.parallelize import apply_ac, apply_compile
-from bigbatch.errors import UserError
+from bigbatch.distributed.precision import Precision
+from bigbatch.errors import TrainingError, UserError
 from bigbatch.evaluate.evaluate import evaluate, translation_scores, unigram_bits_per_byte
 from bigbatch.nn.generate import generate
 from bigbatch.nn.models import build_model, count_parameters, flops_per_token
 from bigbatch.objectives import OBJECTIVES
 from bigbatch.train.checkpoint import latest_checkpoint, load_training_state, save_checkpoint
 from bigbatch.train.metrics import MetricsLogger, peak_flops, write_run_plots
-from bigbatch.train.optim import build_optimizer, build_scheduler
+from bigbatch.train.optim import build_optimizer, build_scheduler, scale_for_batch
 
 
 @dataclasses.dataclass
@@ -100,8 +100,15 @@ def resolve_config(cfg: Config, data: TaskData) -> Config:
         model = dataclasses.replace(model, pad_id=tok.pad_id)
     if cfg.task == "lm" and cfg.data.seq_len > model.max_len:
         raise UserError(f"data.seq_len={cfg.data.seq_len} is longer than model.max_len={model.max_len}")
-    optim = dataclasses.replace(cfg.optim, base_lr=cfg.optim.base_lr or cfg.optim.lr)
-    return dataclasses.replace(cfg, model=model, optim=optim)
+    return dataclasses.replace(cfg, model=model)
+
+
+def global_batch_for_scaling(cfg: Config, plan: BatchPlan) -> int:
+    """The global batch in reference_batch's units: tokens if global_batch_tokens is set, else examples."""
+    total = plan.micro * plan.accum_steps
+    if plan.unit == "rows":
+        return total * plan.seq_len if cfg.train.global_batch_tokens else total
+    return total
 
 
 def _rng_state() -> dict:
@@ -149,12 +156,6 @@ def _check_compatible(saved_path: Path, cfg: Config) -> None:
         raise UserError(f"cannot resume {saved_path}: the model differs from the checkpoint's ({'; '.join(diff) or 'task'})")
 
 
-def _autocast(device: torch.device, precision: str):
-    if precision == "bf16":
-        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext
-
-
 def train(cfg: Config, run_dir: str | Path | None = None, progress: bool = True) -> dict:
     """Train ``cfg`` into ``run_dir`` (resuming from its latest checkpoint if it has one).
 
@@ -166,6 +167,10 @@ def train(cfg: Config, run_dir: str | Path | None = None, progress: bool = True)
     plan = plan_batch(cfg)
     data = build_data(cfg, plan.micro, progress=progress)
     cfg = resolve_config(cfg, data)
+    optim, scaling = scale_for_batch(cfg.optim, global_batch_for_scaling(cfg, plan))
+    cfg = dataclasses.replace(cfg, optim=optim)
+    if scaling:
+        print(scaling, file=sys.stderr)
     valid = data.loader("valid")
 
     torch.manual_seed(cfg.train.seed)
@@ -247,24 +252,37 @@ def _batch_tokens(batch: dict) -> int:
     return batch["input_ids"].size(0) * (batch["input_ids"].size(1) - 1)
 
 
-def _step(ctx: _Context, autocast) -> tuple[torch.Tensor, torch.Tensor, int, int]:
-    """One optimiser step over the global batch -> (summed loss, grad norm, target count, tokens)."""
+def _step(ctx: _Context, precision: Precision) -> tuple[torch.Tensor, torch.Tensor, int, int, bool]:
+    """One optimiser step over the global batch -> (summed loss, grad norm, target count, tokens, applied).
+
+    A non-finite loss or gradient skips the update (``applied`` False); under fp16 the gradient
+    scaler makes that call itself.
+    """
     micro = [ctx.data.train.next_batch() for _ in range(ctx.plan.accum_steps)]
     n_total = sum(b["n_targets"] for b in micro)  # targets of the whole global batch
     loss_total = torch.zeros((), device=ctx.device)
     objective = OBJECTIVES[ctx.cfg.task]
+    scaler = precision.scaler
     for batch in micro:
         batch = {k: v.to(ctx.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-        with autocast():
+        with precision.autocast():
             loss_sum, _, _ = objective(ctx.model, batch)
-        (loss_sum / n_total).backward()
+        scaler.scale(loss_sum / n_total).backward()
         loss_total += loss_sum.detach()
+    scaler.unscale_(ctx.optimizer)
     clip = ctx.cfg.train.grad_clip or float("inf")
     grad_norm = torch.nn.utils.clip_grad_norm_(ctx.model.parameters(), clip)
-    ctx.optimizer.step()
+    applied = True
+    if scaler.is_enabled():
+        scaler.step(ctx.optimizer)
+        scaler.update()
+    elif bool(torch.isfinite(grad_norm)) and bool(torch.isfinite(loss_total)):
+        ctx.optimizer.step()
+    else:
+        applied = False
     ctx.scheduler.step()
     ctx.optimizer.zero_grad(set_to_none=True)
-    return loss_total, grad_norm, n_total, sum(_batch_tokens(b) for b in micro)
+    return loss_total, grad_norm, n_total, sum(_batch_tokens(b) for b in micro), applied
 
 
 def _stop_reason(ctx: _Context, state: dict, elapsed: float) -> str | None:
@@ -279,15 +297,23 @@ def _stop_reason(ctx: _Context, state: dict, elapsed: float) -> str | None:
 
 
 def _run(ctx: _Context, state: dict, stop: _StopSignal, progress: bool) -> None:
-    t, autocast = ctx.cfg.train, _autocast(ctx.device, ctx.cfg.train.precision)
+    t, precision, bad_steps = ctx.cfg.train, Precision(ctx.cfg.train.precision, ctx.device), 0
     bar = tqdm(total=t.max_steps, initial=state["step"], unit="step", disable=not progress,
                mininterval=1.0 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
     window_loss, window_n, window_tokens, window_start = 0.0, 0, 0, time.perf_counter()
     ctx.model.train()
     while _stop_reason(ctx, state, ctx.train_seconds) is None and stop.signum is None:
         step_start = time.perf_counter()
-        loss_sum, grad_norm, n, tokens = _step(ctx, autocast)
+        loss_sum, grad_norm, n, tokens, applied = _step(ctx, precision)
         state["step"] += 1
+        bad_steps = 0 if applied else bad_steps + 1
+        if not applied:
+            ctx.logger.log({"step": state["step"], "skipped": True, "loss": float(loss_sum) / n,
+                            "grad_norm": float(grad_norm)})
+            print(f"step {state['step']}: loss or gradient not finite, update skipped", file=sys.stderr)
+            if bad_steps >= t.max_bad_steps:
+                raise TrainingError(f"loss or gradient not finite for {bad_steps} steps in a row (step {state['step']}); "
+                                    f"the last good checkpoint is in {ctx.run_dir / 'checkpoints'}; try a lower optim.lr")
         state["tokens"] += tokens
         window_loss, window_n, window_tokens = window_loss + loss_sum, window_n + n, window_tokens + tokens
         ctx.train_seconds += time.perf_counter() - step_start
@@ -319,7 +345,7 @@ def _run(ctx: _Context, state: dict, stop: _StopSignal, progress: bool) -> None:
 
 def _evaluate(ctx: _Context, state: dict, max_batches: int | None) -> dict:
     result = evaluate(ctx.model, ctx.cfg.task, ctx.valid.eval_batches(max_batches), ctx.device,
-                      _autocast(ctx.device, ctx.cfg.train.precision), ctx.valid.shards.bytes_per_token,
+                      Precision(ctx.cfg.train.precision, ctx.device).autocast, ctx.valid.shards.bytes_per_token,
                       ctx.cfg.model.num_classes)
     ctx.logger.log({"step": state["step"], "tokens": state["tokens"], "split": "valid", **result})
     return result

@@ -22,10 +22,56 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+class LAMB(torch.optim.Optimizer):
+    """LAMB (You et al. 2019, "Large Batch Optimization for Deep Learning", Algorithm 2).
+
+    Per tensor w with gradient g, at step t:
+        m = β1 m + (1 − β1) g,  v = β2 v + (1 − β2) g²,  m̂ = m / (1 − β1ᵗ),  v̂ = v / (1 − β2ᵗ)
+        u = m̂ / (√v̂ + ε) + λ w
+        trust = ‖w‖ / ‖u‖   (1 where either norm is 0)
+        w ← w − lr · trust · u
+    Parameter groups choose λ (0 for biases and norms); global-norm clipping is the trainer's job.
+    """
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-6,
+                 weight_decay: float = 0.01):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for w in group["params"]:
+                if w.grad is None:
+                    continue
+                state = self.state[w]
+                if not state:
+                    state["step"] = 0
+                    state["m"] = torch.zeros_like(w, memory_format=torch.preserve_format)
+                    state["v"] = torch.zeros_like(w, memory_format=torch.preserve_format)
+                state["step"] += 1
+                t, m, v, g = state["step"], state["m"], state["v"], w.grad
+                m.mul_(beta1).add_(g, alpha=1 - beta1)
+                v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                u = (m / (1 - beta1**t)) / ((v / (1 - beta2**t)).sqrt_().add_(group["eps"]))
+                if group["weight_decay"]:
+                    u.add_(w, alpha=group["weight_decay"])
+                w_norm, u_norm = w.norm(), u.norm()
+                trust = torch.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm, torch.ones_like(w_norm))
+                w.sub_(u * (group["lr"] * trust))
+        return loss
+
+
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
     groups = param_groups(model, cfg.weight_decay)
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    if cfg.name == "lamb":
+        return LAMB(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
     try:  # one fused kernel per step where this torch and device have it
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=True)
     except (RuntimeError, TypeError):
@@ -58,3 +104,27 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, max_step
     if cfg.warmup_steps >= max_steps:
         raise UserError(f"optim.warmup_steps={cfg.warmup_steps} must be smaller than train.max_steps={max_steps}")
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg, max_steps))
+
+
+def scale_for_batch(cfg: OptimConfig, global_batch: int) -> tuple[OptimConfig, str]:
+    """Rescale lr and warm-up from ``cfg.reference_batch`` to ``global_batch`` (same units).
+
+    lr: linear k·lr or square-root √k·lr with k = global / reference; warm-up steps: divided by k, so
+    the warm-up covers the same number of examples. Values already scaled (base_lr set) are scaled
+    again from their base, so a saved config resolves to itself. Returns the new config and a line
+    describing what was done ("" when nothing was).
+    """
+    import dataclasses
+
+    base_lr = cfg.base_lr or cfg.lr
+    base_warmup = cfg.base_warmup_steps if cfg.base_warmup_steps is not None else cfg.warmup_steps
+    rule = cfg.scale_rule if cfg.scale_rule != "auto" else ("linear" if cfg.name == "sgd" else "sqrt")
+    if cfg.reference_batch is None or rule == "none":
+        return dataclasses.replace(cfg, base_lr=base_lr, base_warmup_steps=base_warmup, lr=base_lr,
+                                   warmup_steps=base_warmup), ""
+    k = global_batch / cfg.reference_batch
+    lr = base_lr * (k if rule == "linear" else math.sqrt(k))
+    warmup = max(1, round(base_warmup / k)) if base_warmup else 0
+    note = (f"{rule} scaling for global batch {global_batch:,} / reference {cfg.reference_batch:,} (k={k:g}): "
+            f"lr {base_lr:g} -> {lr:g}, warm-up {base_warmup} -> {warmup} steps")
+    return dataclasses.replace(cfg, base_lr=base_lr, base_warmup_steps=base_warmup, lr=lr, warmup_steps=warmup), note
