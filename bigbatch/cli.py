@@ -150,6 +150,21 @@ def cmd_prepare(args) -> int:
     return 0
 
 
+def cmd_noise_scale(args) -> int:
+    from bigbatch.config import load_config
+    from bigbatch.presets import default_lm
+    from bigbatch.train.probe import measure_noise_scale
+
+    cfg = load_config(args.config, args.set, base=None if args.config else default_lm())
+    result = measure_noise_scale(cfg, args.steps, progress=not args.json)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"gradient noise scale B_simple = {result['noise_scale']:,.0f} {result['unit']} after {args.steps} steps; "
+              f"recommended global batch: {result['recommended_setting']}")
+    return 0
+
+
 def cmd_plot(args) -> int:
     from bigbatch.train.metrics import plot_runs
 
@@ -213,6 +228,13 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--workers", type=int, default=0, help="tokenising processes (default data.num_workers)")
     pr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     pr.set_defaults(func=cmd_prepare)
+
+    ns = sub.add_parser("noise-scale", help="measure the gradient noise scale and recommend a global batch")
+    ns.add_argument("config", nargs="?", help="YAML config (omitted: the embedded default)")
+    ns.add_argument("--steps", type=int, default=50)
+    ns.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    ns.add_argument("--json", action="store_true", help="print one JSON object")
+    ns.set_defaults(func=cmd_noise_scale)
 
     pl = sub.add_parser("plot", help="plot loss / lr / throughput of runs into one PNG")
     pl.add_argument("runs", nargs="+", help="run directories")

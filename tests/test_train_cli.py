@@ -201,3 +201,33 @@ def test_non_finite_steps_are_skipped_then_stop(tmp_path, monkeypatch):
     monkeypatch.setitem(objectives.OBJECTIVES, "lm", lambda m, b: (lambda s, n, lg: (s * float("nan"), n, lg))(*real(m, b)))
     with pytest.raises(TrainingError, match="not finite for 3 steps in a row"):
         train(load_config(TINY, base + ["train.max_bad_steps=3"]), tmp_path / "diverged", progress=False)
+
+
+def test_noise_scale_command(tmp_path):
+    out = run_cli("noise-scale", TINY, "--steps", "30", "--json")
+    result = json.loads(out.stdout)
+    assert result["noise_scale"] > 0 and result["unit"] == "tokens"
+    assert result["recommended_batch"] % 64 == 0 and result["recommended_setting"].startswith("train.global_batch_tokens=")
+
+
+def test_crash_during_checkpoint_write_keeps_the_previous(tmp_path, monkeypatch):
+    """A failure half-way through writing a checkpoint leaves `latest` on the last complete one."""
+    from bigbatch.train import checkpoint
+
+    run_dir = tmp_path / "crash"
+    cfg = load_config(TINY, ["train.max_steps=20", "train.save_every=10", "train.eval_every=0", "train.sample_tokens=0"])
+    real_save, calls = checkpoint.torch.save, {"n": 0}
+
+    def dying_save(obj, path, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:  # optimizer.pt of the second checkpoint (step 20)
+            raise OSError("disk vanished")
+        return real_save(obj, path, *a, **kw)
+
+    monkeypatch.setattr(checkpoint.torch, "save", dying_save)
+    with pytest.raises(OSError):
+        train(cfg, run_dir, progress=False)
+    monkeypatch.setattr(checkpoint.torch, "save", real_save)
+    assert latest_checkpoint(run_dir).name == "step_00000010"
+    bigbatch.load(run_dir)
+    assert not (run_dir / "checkpoints" / "step_00000020").exists()

@@ -32,6 +32,7 @@ from bigbatch.nn.models import build_model, count_parameters, flops_per_token
 from bigbatch.objectives import OBJECTIVES
 from bigbatch.train.checkpoint import latest_checkpoint, load_training_state, save_checkpoint
 from bigbatch.train.metrics import MetricsLogger, peak_flops, write_run_plots
+from bigbatch.train.noise import NoiseScale
 from bigbatch.train.optim import build_optimizer, build_scheduler, scale_for_batch
 
 
@@ -180,7 +181,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, progress: bool = True)
 
     run_dir = Path(run_dir) if run_dir else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
     run_dir.mkdir(parents=True, exist_ok=True)
-    state = {"step": 0, "tokens": 0}
+    state, noise_state = {"step": 0, "tokens": 0}, None
     ckpt = latest_checkpoint(run_dir)
     if ckpt is not None:
         _check_compatible(ckpt, cfg)
@@ -189,6 +190,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, progress: bool = True)
         data.train.load_state_dict(saved["data"])
         _set_rng_state(saved["rng"])
         state = {"step": saved["step"], "tokens": saved["tokens"]}
+        noise_state = saved.get("noise")
         print(f"resuming {run_dir} from {ckpt.name} (step {state['step']}, {state['tokens']:,} tokens)", file=sys.stderr)
     (run_dir / "config.yaml").write_text(cfg.to_yaml())
     data.save_to_run(run_dir)
@@ -202,6 +204,8 @@ def train(cfg: Config, run_dir: str | Path | None = None, progress: bool = True)
     ctx = _Context(cfg, plan, model, optimizer, scheduler, data, valid, device, run_dir,
                    MetricsLogger(run_dir, resume_step=state["step"] if ckpt else None),
                    peak_flops(device, cfg.train.precision), fpt, start_tokens=state["tokens"])
+    if noise_state:
+        ctx.noise.load_state_dict(noise_state)
     try:
         with _StopSignal() as stop:
             _run(ctx, state, stop, progress)
@@ -228,6 +232,7 @@ class _Context:
     flops_per_token: float
     train_seconds: float = 0.0
     start_tokens: int = 0
+    noise: NoiseScale = dataclasses.field(default_factory=NoiseScale)
 
 
 def _print_header(cfg, model, plan, device, fpt, data: TaskData) -> None:
@@ -263,15 +268,20 @@ def _step(ctx: _Context, precision: Precision) -> tuple[torch.Tensor, torch.Tens
     loss_total = torch.zeros((), device=ctx.device)
     objective = OBJECTIVES[ctx.cfg.task]
     scaler = precision.scaler
-    for batch in micro:
+    sq_small = None
+    for i, batch in enumerate(micro):
         batch = {k: v.to(ctx.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
         with precision.autocast():
             loss_sum, _, _ = objective(ctx.model, batch)
         scaler.scale(loss_sum / n_total).backward()
         loss_total += loss_sum.detach()
+        if i == 0 and len(micro) > 1:  # the first micro-batch's own gradient: |G_small|² for the noise scale
+            sq_small = _grad_sq_norm(ctx.model) * (n_total / micro[0]["n_targets"] / scaler.get_scale()) ** 2
     scaler.unscale_(ctx.optimizer)
     clip = ctx.cfg.train.grad_clip or float("inf")
     grad_norm = torch.nn.utils.clip_grad_norm_(ctx.model.parameters(), clip)
+    if sq_small is not None:
+        ctx.noise.update(float(sq_small), micro[0]["n_targets"], float(grad_norm) ** 2, n_total)
     applied = True
     if scaler.is_enabled():
         scaler.step(ctx.optimizer)
@@ -283,6 +293,12 @@ def _step(ctx: _Context, precision: Precision) -> tuple[torch.Tensor, torch.Tens
     ctx.scheduler.step()
     ctx.optimizer.zero_grad(set_to_none=True)
     return loss_total, grad_norm, n_total, sum(_batch_tokens(b) for b in micro), applied
+
+
+def _grad_sq_norm(model: torch.nn.Module) -> torch.Tensor:
+    """Σ‖grad‖² over the parameters (one fused norm per tensor list)."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    return torch.stack(torch._foreach_norm(grads)).square().sum()
 
 
 def _stop_reason(ctx: _Context, state: dict, elapsed: float) -> str | None:
@@ -325,6 +341,8 @@ def _run(ctx: _Context, state: dict, stop: _StopSignal, progress: bool) -> None:
             mfu = tps * ctx.flops_per_token / ctx.peak if ctx.peak else None
             row = {"step": state["step"], "tokens": state["tokens"], "loss": loss, "lr": ctx.scheduler.get_last_lr()[0],
                    "grad_norm": float(grad_norm), "tokens_per_s": tps, "mfu": mfu, "elapsed_s": ctx.train_seconds}
+            if ctx.noise.value is not None:
+                row["noise_scale"] = ctx.noise.value  # B_simple, in targets (tokens for LM / translation)
             if hasattr(ctx.data.train, "padding_fraction"):
                 row["padding_fraction"] = ctx.data.train.padding_fraction
             ctx.logger.log(row)
@@ -353,7 +371,7 @@ def _evaluate(ctx: _Context, state: dict, max_batches: int | None) -> dict:
 
 def _save(ctx: _Context, state: dict) -> None:
     trainer_state = {"scheduler": ctx.scheduler.state_dict(), "data": ctx.data.train.state_dict(),
-                     "rng": _rng_state(), **state}
+                     "rng": _rng_state(), "noise": ctx.noise.state_dict(), **state}
     save_checkpoint(ctx.run_dir / "checkpoints", state["step"], ctx.model, ctx.optimizer, trainer_state,
                     ctx.cfg, ctx.cfg.train.keep_last)
 
@@ -365,7 +383,7 @@ def _finish(ctx: _Context, state: dict, wall_s: float) -> dict:
     summary = {"run_dir": str(ctx.run_dir), "step": state["step"], "tokens": state["tokens"],
                **{f"valid_{k}": v for k, v in result.items()},
                "tokens_per_s": (state["tokens"] - ctx.start_tokens) / ctx.train_seconds if ctx.train_seconds else math.nan,
-               "train_seconds": ctx.train_seconds, "wall_seconds": wall_s}
+               "train_seconds": ctx.train_seconds, "wall_seconds": wall_s, "noise_scale": ctx.noise.value}
     line = f"valid: loss {result['loss']:.4f} nats/target"
     if ctx.cfg.task == "lm":
         summary["unigram_bits_per_byte"] = _unigram_baseline(ctx)
