@@ -165,6 +165,24 @@ def cmd_noise_scale(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from bigbatch.train.bench import matmul_peak, throughput
+
+    if args.what == "peak":
+        result = matmul_peak(args.device, args.dtype)
+        line = f"{result['device']} {args.dtype} matmul peak: {result['peak_flops'] / 1e9:,.1f} GFLOP/s"
+    else:
+        from bigbatch.config import load_config
+        from bigbatch.presets import default_lm
+
+        cfg = load_config(args.config, args.set, base=None if args.config else default_lm())
+        result = throughput(cfg, args.steps, args.peak_flops)
+        mfu = f"{result['mfu']:.1%}" if result["mfu"] is not None else "unknown"
+        line = f"{result['tokens_per_s']:,.0f} tokens/s, MFU {mfu} (peak {result['peak_flops'] / 1e9:,.1f} GFLOP/s)"
+    print(json.dumps(result) if args.json else line)
+    return 0
+
+
 def cmd_plot(args) -> int:
     from bigbatch.train.metrics import plot_runs
 
@@ -235,6 +253,17 @@ def build_parser() -> argparse.ArgumentParser:
     ns.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     ns.add_argument("--json", action="store_true", help="print one JSON object")
     ns.set_defaults(func=cmd_noise_scale)
+
+    b = sub.add_parser("bench", help="peak: matmul FLOP/s of this device; throughput: tokens/s and MFU of a config")
+    b.add_argument("what", choices=["peak", "throughput"])
+    b.add_argument("config", nargs="?", help="throughput: YAML config (omitted: the embedded default)")
+    b.add_argument("--steps", type=int, default=20)
+    b.add_argument("--device", default="auto")
+    b.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    b.add_argument("--peak-flops", type=float, default=None, help="throughput: peak to compute MFU against")
+    b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    b.add_argument("--json", action="store_true", help="print one JSON object")
+    b.set_defaults(func=cmd_bench)
 
     pl = sub.add_parser("plot", help="plot loss / lr / throughput of runs into one PNG")
     pl.add_argument("runs", nargs="+", help="run directories")

@@ -13,7 +13,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 
@@ -127,12 +127,18 @@ class TrainConfig:
     """Examples (LM: rows of seq_len tokens) per optimiser step."""
     global_batch_tokens: Optional[int] = None
     """Tokens per optimiser step (LM: a multiple of data.seq_len); alternative to global_batch_size."""
-    micro_batch_size: Optional[int] = None
-    """Examples per forward/backward; None = the whole global batch. The rest is gradient accumulation."""
+    micro_batch_size: Union[int, Literal["auto"], None] = None
+    """Examples per forward/backward; None = the whole global batch; auto = the largest that fits in memory
+    (CUDA: tried, halving on out-of-memory; CPU: estimated against memory_budget_gb). The rest is accumulation."""
+    memory_budget_gb: Optional[float] = None
+    """CPU, micro_batch_size auto: memory for activations; None = half the free RAM."""
     micro_batch_tokens: Optional[int] = None
     """classify / translate: token budget of a micro-batch, padding included (length-bucketed batches)."""
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     """Compute precision: fp32, bf16 autocast (CPU and CUDA), or fp16 autocast with gradient scaling (CUDA)."""
+    batch_warmup_steps: int = 0
+    """Ramp the global batch linearly from one micro-batch to the full batch over this many steps (the
+    critical batch is small early in training); 0 = the full batch from the start."""
     max_bad_steps: int = 5
     """Stop after this many optimiser steps in a row whose loss or gradient is not finite (each is skipped)."""
     grad_clip: float = 1.0
@@ -155,6 +161,8 @@ class TrainConfig:
     """Write a metrics row every this many steps."""
     device: str = "auto"
     """cpu, cuda, cuda:N, or auto (cuda when available)."""
+    peak_flops: Optional[float] = None
+    """The device's peak FLOP/s for MFU; None = a table of known accelerators (else MFU is unknown)."""
     sample_prompt: str = "def "
     """Language models: prompt of the sample printed at the end ("" = none)."""
     sample_tokens: int = 200
@@ -162,8 +170,9 @@ class TrainConfig:
 
     def __post_init__(self):
         _positive(self, "max_steps", "log_every", "keep_last", "eval_batches", "max_bad_steps")
-        _positive(self, "global_batch_size", "global_batch_tokens", "micro_batch_size", "micro_batch_tokens", "max_tokens")
-        _non_negative(self, "eval_every", "save_every", "grad_clip", "sample_tokens")
+        _positive(self, "global_batch_size", "global_batch_tokens", "micro_batch_size", "micro_batch_tokens", "max_tokens",
+                  "memory_budget_gb", "peak_flops")
+        _non_negative(self, "eval_every", "save_every", "grad_clip", "sample_tokens", "batch_warmup_steps")
         if self.global_batch_size and self.global_batch_tokens:
             raise UserError("set one of train.global_batch_size and train.global_batch_tokens, not both")
 
@@ -218,6 +227,11 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
 
+    def __post_init__(self):
+        if self.optim.warmup_steps >= self.train.max_steps:
+            raise UserError(f"optim.warmup_steps={self.optim.warmup_steps} must be smaller than "
+                            f"train.max_steps={self.train.max_steps}")
+
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["optim"]["betas"] = list(self.optim.betas)
@@ -233,7 +247,7 @@ class Config:
 def _check_each(obj, names, ok, expected):
     for name in names:
         value = getattr(obj, name)
-        if value is not None and not ok(value):
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not ok(value):
             raise UserError(f"{_SECTION[type(obj)]}.{name}={value!r} is invalid: expected {expected}")
 
 
@@ -262,7 +276,13 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], key)
+        expected = []
+        for option in inner:
+            try:
+                return _coerce(value, option, key)
+            except UserError as e:
+                expected.append(str(e).split("expected ", 1)[-1])
+        raise UserError(f"{key}={value!r} is invalid: expected {' or '.join(expected)}")
     if origin is Literal:
         if value not in args:
             raise UserError(f"{key}={value!r} is invalid: expected one of {', '.join(map(str, args))}")

@@ -13,7 +13,7 @@ CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
 
 
 def test_set_overrides_are_typed():
-    cfg = load_config(None, ["train.max_steps=12", "optim.lr=1e-3", "model.norm=rmsnorm", "optim.betas=[0.8, 0.9]",
+    cfg = load_config(None, ["train.max_steps=12", "optim.warmup_steps=2", "optim.lr=1e-3", "model.norm=rmsnorm", "optim.betas=[0.8, 0.9]",
                              "train.compile=true"])
     assert cfg.train.max_steps == 12 and cfg.optim.lr == 1e-3 and cfg.model.norm == "rmsnorm"
     assert cfg.optim.betas == (0.8, 0.9) and cfg.train.compile is True

@@ -95,3 +95,11 @@ def test_no_reference_batch_means_no_scaling():
 
     scaled, note = scale_for_batch(OptimConfig(lr=1e-3), 4096)
     assert scaled.lr == 1e-3 and note == ""
+
+
+def test_batch_size_warmup_ramps_to_the_full_batch():
+    from bigbatch.train.loop import micro_batches_at
+
+    assert [micro_batches_at(s, 8, 4) for s in range(6)] == [2, 4, 6, 8, 8, 8]
+    assert [micro_batches_at(s, 8, 0) for s in range(3)] == [8, 8, 8]
+    assert micro_batches_at(0, 3, 100) == 1

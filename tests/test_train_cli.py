@@ -189,7 +189,8 @@ def test_non_finite_steps_are_skipped_then_stop(tmp_path, monkeypatch):
     def flaky(model, batch):
         calls["n"] += 1
         loss_sum, n, logs = real(model, batch)
-        return (loss_sum * float("nan") if calls["n"] in (3, 4) else loss_sum), n, logs
+        # call 1 is the start-up probe at the worst-case shape; calls 4 and 5 are steps 3 and 4
+        return (loss_sum * float("nan") if calls["n"] in (4, 5) else loss_sum), n, logs
 
     monkeypatch.setitem(objectives.OBJECTIVES, "lm", flaky)
     base = ["train.max_steps=8", "train.eval_every=0", "train.save_every=0", "train.sample_tokens=0"]
@@ -231,3 +232,24 @@ def test_crash_during_checkpoint_write_keeps_the_previous(tmp_path, monkeypatch)
     assert latest_checkpoint(run_dir).name == "step_00000010"
     bigbatch.load(run_dir)
     assert not (run_dir / "checkpoints" / "step_00000020").exists()
+
+
+def test_auto_micro_batch_and_batch_warmup(tmp_path):
+    summary = train(load_config(TINY, ["train.micro_batch_size=auto", "train.global_batch_size=32",
+                                       "train.memory_budget_gb=0.004", "train.batch_warmup_steps=4",
+                                       "train.max_steps=8", "train.eval_every=0", "train.sample_tokens=0"]),
+                    tmp_path / "auto", progress=False)
+    saved = load_config(tmp_path / "auto" / "config.yaml")
+    assert isinstance(saved.train.micro_batch_size, int) and 1 <= saved.train.micro_batch_size < 32
+    assert 32 % saved.train.micro_batch_size == 0
+    rows = train_rows(tmp_path / "auto")
+    tokens = [b["tokens"] - a["tokens"] for a, b in zip([{"tokens": 0}] + rows, rows)]
+    assert tokens[0] < tokens[-1] == 32 * 64  # the first steps use fewer micro-batches
+    assert summary["step"] == 8
+
+
+def test_bench_commands():
+    peak = json.loads(run_cli("bench", "peak", "--json").stdout)
+    assert peak["peak_flops"] > 1e8
+    result = json.loads(run_cli("bench", "throughput", TINY, "--steps", "8", "--json").stdout)
+    assert result["tokens_per_s"] > 0 and 0 < result["mfu"] < 1.5

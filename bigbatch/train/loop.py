@@ -31,6 +31,7 @@ from bigbatch.nn.generate import generate
 from bigbatch.nn.models import build_model, count_parameters, flops_per_token
 from bigbatch.objectives import OBJECTIVES
 from bigbatch.train.checkpoint import latest_checkpoint, load_training_state, save_checkpoint
+from bigbatch.train.memory import auto_micro_batch, probe, rows_per_micro_batch
 from bigbatch.train.metrics import MetricsLogger, peak_flops, write_run_plots
 from bigbatch.train.noise import NoiseScale
 from bigbatch.train.optim import build_optimizer, build_scheduler, scale_for_batch
@@ -63,6 +64,7 @@ def resolve_device(name: str) -> torch.device:
 def plan_batch(cfg: Config) -> BatchPlan:
     """Global batch -> micro-batch and accumulation steps; bad divisibility fails showing the numbers."""
     t, seq_len = cfg.train, cfg.data.seq_len
+    given_micro = t.micro_batch_size if t.micro_batch_size != "auto" else None  # auto: resolved once the model exists
     if cfg.task == "lm":
         if t.global_batch_tokens:
             if t.global_batch_tokens % seq_len:
@@ -70,14 +72,14 @@ def plan_batch(cfg: Config) -> BatchPlan:
                                 f"data.seq_len={seq_len}")
             global_rows = t.global_batch_tokens // seq_len
         else:
-            global_rows = t.global_batch_size or t.micro_batch_size or 16
-        micro, unit, name = t.micro_batch_size or global_rows, "rows", "train.micro_batch_size"
+            global_rows = t.global_batch_size or given_micro or 16
+        micro, unit, name = given_micro or global_rows, "rows", "train.micro_batch_size"
         total = global_rows
     elif t.micro_batch_tokens:
         micro, unit, name = t.micro_batch_tokens, "tokens", "train.micro_batch_tokens"
         total = t.global_batch_tokens or micro
     else:
-        micro = t.micro_batch_size or t.global_batch_size or 32
+        micro = given_micro or t.global_batch_size or 32
         unit, name, total = "examples", "train.micro_batch_size", t.global_batch_size or micro
     if micro > total or total % micro:
         raise UserError(f"global batch of {total} {unit} is not a whole number of {name}={micro} micro-batches")
@@ -196,14 +198,26 @@ def train(cfg: Config, run_dir: str | Path | None = None, progress: bool = True)
     data.save_to_run(run_dir)
 
     fpt = flops_per_token(model, cfg.data.seq_len if cfg.task == "lm" else cfg.model.max_len)
+    precision = Precision(cfg.train.precision, device)
+    if cfg.train.micro_batch_size == "auto" and plan.unit != "tokens":
+        micro = auto_micro_batch(model, cfg, plan.micro * plan.accum_steps, device, precision)
+        plan = dataclasses.replace(plan, micro=micro, accum_steps=plan.micro * plan.accum_steps // micro)
+        state_of_loader = data.train.state_dict()
+        data.micro = micro
+        data.train = data.loader("train", shuffle=True, seed=cfg.train.seed)
+        if ckpt is not None:
+            data.train.load_state_dict(state_of_loader)
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, micro_batch_size=micro))
+        (run_dir / "config.yaml").write_text(cfg.to_yaml())
     _print_header(cfg, model, plan, device, fpt, data)
+    probe(model, cfg, rows_per_micro_batch(cfg, plan.micro), device, precision)  # an OOM now, not hours in
     if cfg.train.activation_checkpointing:
         apply_ac(model)
     if cfg.train.compile:
         apply_compile(model)
     ctx = _Context(cfg, plan, model, optimizer, scheduler, data, valid, device, run_dir,
                    MetricsLogger(run_dir, resume_step=state["step"] if ckpt else None),
-                   peak_flops(device, cfg.train.precision), fpt, start_tokens=state["tokens"])
+                   peak_flops(device, cfg.train.precision, cfg.train.peak_flops), fpt, start_tokens=state["tokens"])
     if noise_state:
         ctx.noise.load_state_dict(noise_state)
     try:
@@ -257,13 +271,21 @@ def _batch_tokens(batch: dict) -> int:
     return batch["input_ids"].size(0) * (batch["input_ids"].size(1) - 1)
 
 
-def _step(ctx: _Context, precision: Precision) -> tuple[torch.Tensor, torch.Tensor, int, int, bool]:
+def micro_batches_at(step: int, accum_steps: int, batch_warmup_steps: int) -> int:
+    """Micro-batches in optimiser step ``step`` (0-based): the batch-size warm-up ramps from 1 to all."""
+    if batch_warmup_steps <= 0 or step >= batch_warmup_steps:
+        return accum_steps
+    return max(1, math.ceil(accum_steps * (step + 1) / batch_warmup_steps))
+
+
+def _step(ctx: _Context, precision: Precision, step: int) -> tuple[torch.Tensor, torch.Tensor, int, int, bool]:
     """One optimiser step over the global batch -> (summed loss, grad norm, target count, tokens, applied).
 
     A non-finite loss or gradient skips the update (``applied`` False); under fp16 the gradient
     scaler makes that call itself.
     """
-    micro = [ctx.data.train.next_batch() for _ in range(ctx.plan.accum_steps)]
+    k = micro_batches_at(step, ctx.plan.accum_steps, ctx.cfg.train.batch_warmup_steps)
+    micro = [ctx.data.train.next_batch() for _ in range(k)]
     n_total = sum(b["n_targets"] for b in micro)  # targets of the whole global batch
     loss_total = torch.zeros((), device=ctx.device)
     objective = OBJECTIVES[ctx.cfg.task]
@@ -320,7 +342,7 @@ def _run(ctx: _Context, state: dict, stop: _StopSignal, progress: bool) -> None:
     ctx.model.train()
     while _stop_reason(ctx, state, ctx.train_seconds) is None and stop.signum is None:
         step_start = time.perf_counter()
-        loss_sum, grad_norm, n, tokens, applied = _step(ctx, precision)
+        loss_sum, grad_norm, n, tokens, applied = _step(ctx, precision, state["step"])
         state["step"] += 1
         bad_steps = 0 if applied else bad_steps + 1
         if not applied:

@@ -1,0 +1,87 @@
+"""Fitting the micro-batch in memory: a worst-case probe at start-up, and micro_batch_size: auto.
+
+The probe runs one forward and backward at the largest shape training will ever see (the longest
+bucket at the full micro-batch), so an out-of-memory happens in the first seconds, not hours in.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from bigbatch.config import Config
+from bigbatch.errors import UserError
+from bigbatch.objectives import OBJECTIVES
+
+
+def worst_case_batch(cfg: Config, rows: int, device) -> dict:
+    """A synthetic batch of ``rows`` examples at the longest length of the task."""
+    g = torch.Generator().manual_seed(0)
+    V, T = cfg.model.vocab_size, cfg.data.seq_len if cfg.task == "lm" else cfg.model.max_len
+    ids = lambda n: torch.randint(0, V, (rows, n), generator=g).to(device)  # noqa: E731
+    if cfg.task == "lm":
+        return {"input_ids": ids(T + 1)}
+    mask = torch.ones(rows, T, dtype=torch.bool, device=device)
+    if cfg.task == "classify":
+        return {"input_ids": ids(T), "attention_mask": mask, "labels": torch.zeros(rows, dtype=torch.long, device=device)}
+    tgt_mask = torch.ones(rows, T + 1, dtype=torch.bool, device=device)
+    return {"src_ids": ids(T), "src_mask": mask, "tgt_ids": ids(T + 1), "tgt_mask": tgt_mask}
+
+
+def probe(model, cfg: Config, rows: int, device, precision) -> None:
+    """One forward/backward at the worst-case shape; gradients and RNG state are left as they were."""
+    batch = worst_case_batch(cfg, rows, device)
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        with precision.autocast():
+            loss_sum, n, _ = OBJECTIVES[cfg.task](model, batch)
+        (loss_sum / n).backward()
+    model.zero_grad(set_to_none=True)
+
+
+def rows_per_micro_batch(cfg: Config, micro: int) -> int:
+    """Examples in the largest micro-batch: micro rows, or a token budget over the longest length."""
+    if cfg.task == "lm" or not cfg.train.micro_batch_tokens:
+        return micro
+    return max(1, micro // (cfg.model.max_len + 1))
+
+
+def activation_bytes_per_example(cfg: Config) -> float:
+    """Activations kept for backward, per example at the longest length (Korthikanti et al. 2022:
+    about T·d·(34 + 5·h·T/d) bytes per layer at 16 bits), doubled for fp32, plus the logits."""
+    m = cfg.model
+    T = cfg.data.seq_len if cfg.task == "lm" else m.max_len
+    layers = m.n_layers if cfg.task != "translate" else (m.n_encoder_layers or m.n_layers) + 2 * (m.n_decoder_layers or m.n_layers)
+    scale = 2.0 if cfg.train.precision == "fp32" else 1.0
+    per_layer = T * m.d_model * (34 + 5 * m.n_heads * T / m.d_model) * scale
+    logits = 3 * T * m.vocab_size * 4 if cfg.task != "classify" else 0
+    return layers * per_layer + logits
+
+
+def auto_micro_batch(model, cfg: Config, global_rows: int, device, precision) -> int:
+    """The largest divisor of the global batch whose worst case fits: on CUDA by trying it (halving on
+    out-of-memory), on CPU by estimate against train.memory_budget_gb (default: half the free RAM)."""
+    divisors = [d for d in range(global_rows, 0, -1) if global_rows % d == 0]
+    if device.type == "cuda":
+        for rows in divisors:
+            try:
+                probe(model, cfg, rows, device, precision)
+                return rows
+            except torch.cuda.OutOfMemoryError:
+                model.zero_grad(set_to_none=True)
+                torch.cuda.empty_cache()
+        raise UserError("not even one example fits in GPU memory at the longest length; shorten data.seq_len / model.max_len")
+    budget = (cfg.train.memory_budget_gb or _free_ram_gb() / 2) * 1e9
+    per_example = activation_bytes_per_example(cfg)
+    for rows in divisors:
+        if rows * per_example <= budget:
+            return rows
+    return 1
+
+
+def _free_ram_gb() -> float:
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 1e9
+    except (ValueError, OSError):
+        return 8.0
