@@ -172,7 +172,7 @@ def test_prepare_is_cached_and_redone_when_the_source_changes(tmp_path, monkeypa
 def test_interrupted_prepare_resumes_without_retokenising(tmp_path, monkeypatch):
     (tmp_path / "a.txt").write_text("\n".join(sentences(3000)) + "\n")
     make = lambda: spec(tmp_path / "a.txt", text_per_line=True, shard_tokens=5000)  # noqa: E731
-    whole = prepare(make(), tmp_path / "whole", progress=False)
+    prepare(make(), tmp_path / "whole", progress=False)
 
     calls, writes = [], []
     real_tok, real_write = prep._tokenize_group, prep._write_chunk

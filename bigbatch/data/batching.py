@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import torch
 
-from bigbatch.data.loader import _rng, padded_length
+from bigbatch.data.loader import _rng, check_resumable, padded_length
 from bigbatch.data.shards import ShardSet
 from bigbatch.errors import UserError
 
@@ -198,11 +198,7 @@ class ExampleLoader:
                 "world_size": self.world, "fingerprint": self.fingerprint}
 
     def load_state_dict(self, state: dict) -> None:
-        if state["fingerprint"] != self.fingerprint:
-            raise UserError("the checkpoint's data-loader state belongs to a different dataset "
-                            f"({state['fingerprint']}, this data {self.fingerprint}); refusing to resume on it")
-        if state["world_size"] != self.world:
-            raise UserError(f"the checkpoint was read by {state['world_size']} ranks, this run has {self.world}")
+        check_resumable(state, self.fingerprint, self.world)
         self.seed, self.epoch, self.shard_pos = state["seed"], state["epoch"], state["shard_pos"]
         self.window_pos, self.ordinal = state["window_pos"], state["ordinal"]
         self._load_window()

@@ -30,6 +30,15 @@ def _rng(*key) -> np.random.Generator:
     return np.random.default_rng([int(k) for k in key])
 
 
+def check_resumable(state: dict, fingerprint: str, world_size: int) -> None:
+    """Refuse a loader state saved on other data or by another number of ranks."""
+    if state["fingerprint"] != fingerprint:
+        raise UserError("the checkpoint's data-loader state belongs to a different dataset "
+                        f"({state['fingerprint']}, this data {fingerprint}); refusing to resume on it")
+    if state["world_size"] != world_size:
+        raise UserError(f"the checkpoint was read by {state['world_size']} ranks, this run has {world_size}")
+
+
 class _EpochWalk:
     """Shared bookkeeping: epoch, shard order, position among this rank's items of the epoch."""
 
@@ -74,11 +83,7 @@ class _EpochWalk:
                 "world_size": self.world, "fingerprint": self.fingerprint}
 
     def load_state_dict(self, state: dict) -> None:
-        if state["fingerprint"] != self.fingerprint:
-            raise UserError("the checkpoint's data-loader state belongs to a different dataset "
-                            f"({state['fingerprint']}, this data {self.fingerprint}); refusing to resume on it")
-        if state["world_size"] != self.world:
-            raise UserError(f"the checkpoint was read by {state['world_size']} ranks, this run has {self.world}")
+        check_resumable(state, self.fingerprint, self.world)
         self.seed, self.epoch, self.position = state["seed"], state["epoch"], state["position"]
         self._start_epoch()
 

@@ -55,7 +55,7 @@ class HFTokenizer:
         self.bos_id = self._special("<bos>", "<s>", "[CLS]", "<|startoftext|>", "<|endoftext|>")
         self.eos_id = self._special("<eos>", "</s>", "[SEP]", "<|endoftext|>")
         if self.eos_id is None:
-            raise UserError(f"tokenizer has no end-of-sequence token (<eos>, </s>, [SEP] or <|endoftext|>)")
+            raise UserError("tokenizer has no end-of-sequence token (<eos>, </s>, [SEP] or <|endoftext|>)")
         if self.pad_id is None:  # pad only ever sits under a mask; any id will do
             self.pad_id = self.eos_id
         if self.bos_id is None:

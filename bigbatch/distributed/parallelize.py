@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 
-import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 

@@ -13,7 +13,6 @@ write leaves the previous checkpoint loadable. ``checkpoints/latest`` names the 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -24,17 +23,10 @@ from safetensors.torch import load_model as st_load_model
 from safetensors.torch import save_model as st_save_model
 
 from bigbatch.config import Config, load_config
+from bigbatch.data.shards import sha256_file
 from bigbatch.errors import UserError
 
 FILES = ("model.safetensors", "optimizer.pt", "trainer.pt", "config.yaml")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _fsync(path: Path) -> None:
@@ -76,7 +68,7 @@ def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, trainer_state:
     sums = {}
     for name in FILES:
         _fsync(tmp / name)
-        sums[name] = _sha256(tmp / name)
+        sums[name] = sha256_file(tmp / name)
     (tmp / "checksums.json").write_text(json.dumps(sums, indent=1))
     _fsync(tmp / "checksums.json")
     if final.exists():  # a re-save of the same step (e.g. after a resume) replaces it
@@ -117,7 +109,7 @@ def verify(ckpt: Path) -> None:
     if not sums_file.exists():
         raise UserError(f"{ckpt}: checksums.json is missing; the checkpoint is incomplete")
     for name, expected in json.loads(sums_file.read_text()).items():
-        if not (ckpt / name).exists() or _sha256(ckpt / name) != expected:
+        if not (ckpt / name).exists() or sha256_file(ckpt / name) != expected:
             raise UserError(f"{ckpt / name}: checksum mismatch; the checkpoint is corrupt")
 
 
