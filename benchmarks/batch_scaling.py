@@ -76,6 +76,7 @@ def main():
     p.add_argument("--lr", type=float, default=2e-3, help="AdamW / LAMB learning rate at the reference batch")
     p.add_argument("--work", default="/tmp/bigbatch-batch-scaling")
     p.add_argument("--out", default="docs/large_batch.png")
+    p.add_argument("--reuse", action="store_true", help="keep runs that already have a result.json")
     args = p.parse_args()
     work = Path(args.work)
     plan = [("x1-adamw", 1, "adamw", "none")]
@@ -84,7 +85,12 @@ def main():
                  (f"x{k}-lamb-sqrt", k, "lamb", "sqrt")]
     results = []
     for name, k, optim, rule in plan:
+        saved = work / name / "result.json"
+        if args.reuse and saved.exists():  # a finished run of an interrupted study
+            results.append(json.loads(saved.read_text()))
+            continue
         results.append(run(name, k, optim, rule, args.lr, args.budget, work))
+        saved.write_text(json.dumps(results[-1]))
         print(json.dumps(results[-1]), flush=True)
     plot(results, Path(args.out))
     base = results[0]

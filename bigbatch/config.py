@@ -228,7 +228,8 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
 
     def __post_init__(self):
-        if self.optim.warmup_steps >= self.train.max_steps:
+        # with a reference batch the warm-up is rescaled first; the scheduler checks the result
+        if self.optim.reference_batch is None and self.optim.warmup_steps >= self.train.max_steps:
             raise UserError(f"optim.warmup_steps={self.optim.warmup_steps} must be smaller than "
                             f"train.max_steps={self.train.max_steps}")
 
