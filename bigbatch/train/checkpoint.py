@@ -55,7 +55,7 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, trainer_state: dict, config: Config,
                     keep_last: int = 2) -> Path:
-    """Write checkpoints/step_XXXXXXXX atomically, point ``latest`` at it, keep the newest ``keep_last``."""
+    """Write checkpoints/step_NNNNNNNN (the step, 8 digits) atomically, point ``latest`` at it, keep the newest ``keep_last``."""
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"step_{step:08d}"
     tmp = ckpt_root / f".tmp-{final.name}-{os.getpid()}"
