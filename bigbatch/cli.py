@@ -106,10 +106,9 @@ def cmd_classify(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    from bigbatch import load
     from bigbatch.data.pipeline import build_data
     from bigbatch.evaluate.evaluate import evaluate
-
-    from bigbatch import load
 
     model, cfg = load(args.run)
     data = build_data(cfg, 16 if cfg.task == "lm" else (cfg.train.micro_batch_tokens or cfg.train.micro_batch_size or 32),

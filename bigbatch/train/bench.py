@@ -10,7 +10,7 @@ import time
 import torch
 
 from bigbatch.config import Config
-from bigbatch.train.loop import resolve_device
+from bigbatch.train.setup import resolve_device
 
 
 def matmul_peak(device: str = "auto", dtype: str = "fp32", n: int = 2048, reps: int = 10) -> dict:

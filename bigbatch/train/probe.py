@@ -8,7 +8,8 @@ import tempfile
 
 from bigbatch.config import Config
 from bigbatch.errors import UserError
-from bigbatch.train.loop import plan_batch, train
+from bigbatch.train.loop import train
+from bigbatch.train.setup import plan_batch
 
 
 def measure_noise_scale(cfg: Config, steps: int = 50, progress: bool = True) -> dict:
