@@ -161,12 +161,7 @@ def _read_csv(path: Path, fields: Fields, bad: BadRows, delimiter: str) -> Itera
     with open_binary(path) as raw:
         text = io.TextIOWrapper(raw, encoding="utf-8", newline="")
         reader = csv.reader(text, delimiter=delimiter)
-        try:
-            header = next(reader)
-        except StopIteration:
-            return
-        except UnicodeDecodeError as e:
-            raise UserError(f"{path}:1: not UTF-8 (byte {e.start})") from None
+        header = None  # the first row
         while True:
             try:
                 values = next(reader)
@@ -178,6 +173,9 @@ def _read_csv(path: Path, fields: Fields, bad: BadRows, delimiter: str) -> Itera
                 bad.add(f"{path}:{reader.line_num}", f"malformed row ({e})", fields.skip_bad_rows)
                 continue
             if not values:
+                continue
+            if header is None:
+                header = values
                 continue
             if len(values) != len(header):
                 bad.add(f"{path}:{reader.line_num}", f"{len(values)} columns, the header has {len(header)}",
