@@ -83,11 +83,11 @@ def resume_cost(shard_dir: Path) -> list[tuple[int, float]]:
     out = []
     for position in (10, 10_000_000):
         loader = PackedLMLoader(shards, 256, 16, seed=0)
-        state = dict(loader.state_dict(), position=min(position, loader.rows_per_epoch - 1))
+        state = dict(loader.state_dict(), global_position=min(position, loader.rows_per_epoch - 1))
         start = time.perf_counter()
         loader.load_state_dict(state)
         loader.next_batch()
-        out.append((state["position"], time.perf_counter() - start))
+        out.append((state["global_position"], time.perf_counter() - start))
     return out
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -19,6 +20,8 @@ def cmd_train(args) -> int:
     from bigbatch.train.loop import train
 
     cfg = load_config(args.config, args.set, base=None if args.config else default_lm())
+    if args.nproc and "LOCAL_RANK" not in os.environ:
+        return _launch(args, cfg)
     run_dir = args.run_dir
     if args.resume and run_dir is None:
         runs = sorted(p.parent.parent for p in Path("runs").glob("*/checkpoints/latest"))
@@ -30,9 +33,34 @@ def cmd_train(args) -> int:
     summary = train(cfg, run_dir, progress=not args.no_progress)
     if "stopped_by_signal" in summary:
         return 128 + summary["stopped_by_signal"]
-    if args.json:
+    if args.json and os.environ.get("RANK", "0") == "0":
         print(json.dumps(summary))
     return 0
+
+
+def _launch(args, cfg) -> int:
+    """`bigbatch train --nproc N`: check the config here (bad input: exit 2 before any process starts),
+    then become torchrun (single node), which starts N ranks of the same command."""
+    import time
+
+    from bigbatch.train.setup import plan_batch
+
+    if args.nproc < 1:
+        raise UserError(f"--nproc {args.nproc}: expected a number of processes >= 1")
+    plan_batch(cfg, args.nproc)
+    argv = list(sys.argv[1:] if args.argv is None else args.argv)
+    i = argv.index("--nproc")
+    del argv[i : i + 2]
+    if args.run_dir is None and not args.resume:  # every rank must write to the same run directory
+        argv += ["--run-dir", str(Path("runs") / time.strftime("%Y%m%d-%H%M%S"))]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
+           "-m", "bigbatch", *argv]
+    from bigbatch.distributed.process import cpu_cores
+
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cpu_cores() // args.nproc)))  # each rank's share
+    print("bigbatch: running " + " ".join(cmd[1:]), file=sys.stderr)
+    sys.stderr.flush()
+    os.execv(sys.executable, cmd)  # signals (Ctrl-C, SIGTERM) now reach torchrun, which passes them on
 
 
 def _run_dir_of(path: str) -> Path:
@@ -204,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="resume --run-dir, or the newest run under ./runs")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    t.add_argument("--nproc", type=int, default=0, metavar="N",
+                   help="run N processes on this machine through torchrun (data parallel: train.parallel)")
     t.set_defaults(func=cmd_train)
 
     g = sub.add_parser("generate", help="sample from a trained language model")
@@ -271,9 +301,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _rank() -> str:
+    """" (rank N)" under torchrun with several processes, so a message says which rank it comes from."""
+    return f" (rank {os.environ['RANK']})" if int(os.environ.get("WORLD_SIZE", 1)) > 1 else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    args.argv = argv
     if extra and hasattr(args, "text") and not any(x.startswith("-") for x in extra):
         args.text += extra  # TEXT arguments given after an option: `classify RUN --json "a" "b"`
     elif extra:
@@ -283,12 +319,12 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         if args.debug:
             raise
-        print(f"bigbatch: error: {e}", file=sys.stderr)
+        print(f"bigbatch: error{_rank()}: {e}", file=sys.stderr)
         return 2
     except TrainingError as e:
         if args.debug:
             raise
-        print(f"bigbatch: training stopped: {e}", file=sys.stderr)
+        print(f"bigbatch: training stopped{_rank()}: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("bigbatch: interrupted", file=sys.stderr)

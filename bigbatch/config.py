@@ -160,7 +160,13 @@ class TrainConfig:
     log_every: int = 10
     """Write a metrics row every this many steps."""
     device: str = "auto"
-    """cpu, cuda, cuda:N, or auto (cuda when available)."""
+    """cpu, cuda, cuda:N, or auto (cuda when available); under torchrun each rank takes cuda:LOCAL_RANK."""
+    parallel: Literal["auto", "none", "ddp", "fsdp"] = "auto"
+    """Several processes (torchrun / --nproc): ddp replicates the model and all-reduces gradients once per
+    step; fsdp (FSDP2) shards parameters, gradients and optimiser state per block; auto = ddp when there
+    is more than one process, none otherwise."""
+    dist_timeout_s: float = 600.0
+    """A collective that waits longer than this (a rank died or hangs) fails instead of hanging."""
     peak_flops: Optional[float] = None
     """The device's peak FLOP/s for MFU; None = a table of known accelerators (else MFU is unknown)."""
     sample_prompt: str = "def "
@@ -171,7 +177,7 @@ class TrainConfig:
     def __post_init__(self):
         _positive(self, "max_steps", "log_every", "keep_last", "eval_batches", "max_bad_steps")
         _positive(self, "global_batch_size", "global_batch_tokens", "micro_batch_size", "micro_batch_tokens", "max_tokens",
-                  "memory_budget_gb", "peak_flops")
+                  "memory_budget_gb", "peak_flops", "dist_timeout_s")
         _non_negative(self, "eval_every", "save_every", "grad_clip", "sample_tokens", "batch_warmup_steps")
         if self.global_batch_size and self.global_batch_tokens:
             raise UserError("set one of train.global_batch_size and train.global_batch_tokens, not both")

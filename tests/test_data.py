@@ -6,6 +6,7 @@ import struct
 
 import numpy as np
 import pytest
+from helpers import classify_rows, sentences, write_jsonl
 import torch
 
 from bigbatch.data import prepare as prep
@@ -17,23 +18,6 @@ from bigbatch.data.shards import ShardSet, token_dtype
 from bigbatch.data.sources import Fields
 from bigbatch.data.tokenizer import load_tokenizer_file
 from bigbatch.errors import UserError
-
-WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma".split()
-
-
-def sentences(n, seed=0):
-    rng = np.random.default_rng(seed)
-    return [" ".join(rng.choice(WORDS, size=rng.integers(2, 15))) for _ in range(n)]
-
-
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
-def classify_rows(n, seed=0):
-    return [{"text": s, "label": "long" if len(s.split()) > 8 else "short"} for s in sentences(n, seed)]
-
 
 def spec(source, task="lm", **kw):
     fields = Fields(task=task, **{k: kw.pop(k) for k in list(kw) if k in ("text", "label", "src", "tgt",
@@ -316,7 +300,7 @@ def test_example_batches_resume_and_split_across_ranks(cls_shards):
         loader = ExampleLoader(shards, "classify", max_len=64, max_tokens=512, seed=2, rank=rank, world_size=2)
         while True:
             shard, ids = loader._advance()
-            if loader.epoch > 0:  # this batch already belongs to the next epoch
+            if loader.batch_epoch > 0:  # this batch already belongs to the next epoch
                 break
             seen += [(shard, int(i)) for i in ids]
     assert len(seen) == len(set(seen)) == shards.n_examples

@@ -1,26 +1,12 @@
 """Classification and translation through the real command line: prepare on the fly, train, eval, predict."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).parent.parent
-
-
-def cli(*args, check=True, stdin=None):
-    proc = subprocess.run([sys.executable, "-m", "bigbatch", *map(str, args)], capture_output=True, text=True,
-                          cwd=ROOT, timeout=600, input=stdin)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\n{proc.stderr[-3000:]}")
-    return proc
-
-
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+from helpers import run_cli as cli
+from helpers import write_jsonl
 
 
 @pytest.fixture(scope="module")

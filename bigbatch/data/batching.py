@@ -94,18 +94,21 @@ class ExampleLoader:
             self.window_pos, self.batch_pos = 0, 0
             self.shard_pos += 1
             if self.shard_pos == len(self.shards.shards):
-                self.epoch, self.shard_pos, self.ordinal = self.epoch + 1, 0, 0
+                self.epoch, self.shard_pos = self.epoch + 1, 0
 
     def _advance(self) -> tuple[int, np.ndarray]:
-        while True:
+        """This rank's batch of the next block of W batches; the position ends at the block's end,
+        the same on every rank, so the saved position does not depend on the number of ranks."""
+        mine = None
+        while mine is None or self.ordinal % self.world:
             while self.batch_pos >= len(self._batches):
                 self.window_pos, self.batch_pos = self.window_pos + 1, 0
                 self._load_window()
-            shard, ids = self._batches[self.batch_pos]
+            if self.ordinal % self.world == self.rank:
+                mine, self.batch_epoch = self._batches[self.batch_pos], self.epoch
             self.batch_pos += 1
             self.ordinal += 1
-            if (self.ordinal - 1) % self.world == self.rank:
-                return shard, ids
+        return mine
 
     # ------------------------------------------------------------------ tensors
 
@@ -194,12 +197,12 @@ class ExampleLoader:
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "shard_pos": self.shard_pos, "window_pos": self.window_pos,
-                "batch_pos": self.batch_pos, "ordinal": self.ordinal, "seed": self.seed,
+                "batch_pos": self.batch_pos, "global_position": self.ordinal, "seed": self.seed,
                 "world_size": self.world, "fingerprint": self.fingerprint}
 
     def load_state_dict(self, state: dict) -> None:
         check_resumable(state, self.fingerprint, self.world)
         self.seed, self.epoch, self.shard_pos = state["seed"], state["epoch"], state["shard_pos"]
-        self.window_pos, self.ordinal = state["window_pos"], state["ordinal"]
+        self.window_pos, self.ordinal = state["window_pos"], state["global_position"]
         self._load_window()
         self.batch_pos = state["batch_pos"]

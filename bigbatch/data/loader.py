@@ -31,31 +31,41 @@ def _rng(*key) -> np.random.Generator:
 
 
 def check_resumable(state: dict, fingerprint: str, world_size: int) -> None:
-    """Refuse a loader state saved on other data or by another number of ranks."""
+    """Refuse a loader state saved on other data, or at a position the new ranks cannot share."""
     if state["fingerprint"] != fingerprint:
         raise UserError("the checkpoint's data-loader state belongs to a different dataset "
                         f"({state['fingerprint']}, this data {fingerprint}); refusing to resume on it")
-    if state["world_size"] != world_size:
-        raise UserError(f"the checkpoint was read by {state['world_size']} ranks, this run has {world_size}")
+    if state["global_position"] % world_size:
+        raise UserError(f"cannot resume on {world_size} ranks: the checkpoint's data position "
+                        f"{state['global_position']} is not a multiple of {world_size} (it was written by "
+                        f"{state['world_size']} ranks); use a world size that divides it")
 
 
 class _EpochWalk:
-    """Shared bookkeeping: epoch, shard order, position among this rank's items of the epoch."""
+    """The epoch's item sequence and this rank's place in it.
+
+    Items are numbered by one global counter g over the endless stream of epochs (epoch g // total,
+    item g % total of that epoch's order); rank r of W takes g = r, r + W, r + 2W, ... All ranks are
+    at the same global position after each of their items, so the saved position does not depend
+    on W: a run written by 2 ranks resumes on 1 (or 4) at exactly the same place in the data.
+    """
 
     def __init__(self, items_per_shard: np.ndarray, seed: int, rank: int, world_size: int, shuffle: bool,
                  fingerprint: str):
         self.items_per_shard, self.seed, self.rank, self.world = items_per_shard, seed, rank, world_size
         self.shuffle, self.fingerprint = shuffle, fingerprint
         self.total = int(items_per_shard.sum())
-        self.per_rank = self.total // world_size  # the remainder is dropped so every rank sees as many items
-        if self.per_rank == 0:
+        if self.total < world_size:
             raise UserError(f"the data has {self.total} items, fewer than the {world_size} ranks reading it")
-        self.epoch, self.position = 0, 0
-        self._start_epoch()
+        self.per_rank = self.total // world_size
+        self.position = 0  # global items consumed, a multiple of world_size
+        self.epoch = -1
+        self._start_epoch(0)
 
-    def _start_epoch(self) -> None:
+    def _start_epoch(self, epoch: int) -> None:
         n = len(self.items_per_shard)
-        self.shard_order = _rng(self.seed, self.epoch).permutation(n) if self.shuffle else np.arange(n)
+        self.epoch = epoch
+        self.shard_order = _rng(self.seed, epoch).permutation(n) if self.shuffle else np.arange(n)
         self.cum = np.cumsum(self.items_per_shard[self.shard_order])
         self._cached = (None, None)
 
@@ -68,24 +78,23 @@ class _EpochWalk:
 
     def next(self) -> tuple[int, int]:
         """(shard, item within shard) of this rank's next item; rolls over into the next epoch."""
-        if self.position == self.per_rank:
-            self.epoch, self.position = self.epoch + 1, 0
-            self._start_epoch()
-        g = self.position * self.world + self.rank  # index in the epoch's global sequence
+        epoch, g = divmod(self.position + self.rank, self.total)
+        if epoch != self.epoch:
+            self._start_epoch(epoch)
         k = int(np.searchsorted(self.cum, g, side="right"))
         shard = int(self.shard_order[k])
         local = g - (int(self.cum[k - 1]) if k else 0)
-        self.position += 1
+        self.position += self.world
         return shard, int(self._order_in(shard)[local])
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed, "rank": self.rank,
-                "world_size": self.world, "fingerprint": self.fingerprint}
+        return {"global_position": self.position, "seed": self.seed, "world_size": self.world,
+                "fingerprint": self.fingerprint}
 
     def load_state_dict(self, state: dict) -> None:
         check_resumable(state, self.fingerprint, self.world)
-        self.seed, self.epoch, self.position = state["seed"], state["epoch"], state["position"]
-        self._start_epoch()
+        self.seed, self.position = state["seed"], state["global_position"]
+        self._start_epoch(self.position // self.total)
 
 
 class PackedLMLoader:

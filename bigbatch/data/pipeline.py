@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from bigbatch.config import Config
 from bigbatch.data.batching import ExampleLoader
 from bigbatch.data.loader import PackedLMLoader
-from bigbatch.data.prepare import PrepareSpec, prepare
+from bigbatch.data.prepare import PrepareSpec, is_prepared, prepare, prepared_dir
 from bigbatch.data.shards import ShardSet, read_manifest
 from bigbatch.data.sources import Fields
 from bigbatch.data.tokenizer import ByteTokenizer, load_tokenizer_file
+from bigbatch.distributed.process import wait_for_file
 
 
 def prepare_spec(cfg: Config) -> PrepareSpec:
@@ -30,9 +32,20 @@ def prepare_spec(cfg: Config) -> PrepareSpec:
                        workers=max(d.num_workers, 1), tokenizer_sample_mb=d.tokenizer_sample_mb)
 
 
-def shard_dir_for(cfg: Config, progress: bool = True) -> Path:
-    """The prepared shards of the config's data: reused when unchanged, prepared otherwise."""
-    return prepare(prepare_spec(cfg), cfg.data.shard_dir, progress=progress)
+def shard_dir_for(cfg: Config, progress: bool = True, preparer: bool = True) -> Path:
+    """The prepared shards of the config's data: reused when unchanged, prepared otherwise.
+
+    With several processes on a node only one (``preparer``) prepares; the others wait for its
+    manifest on disk (no collective whose timeout a long preparation could outlast).
+    """
+    spec = prepare_spec(cfg)
+    if preparer:
+        return prepare(spec, cfg.data.shard_dir, progress=progress)
+    out, fp = prepared_dir(spec, cfg.data.shard_dir)
+    while not is_prepared(out, fp):
+        wait_for_file(out / "manifest.json", f"local rank 0 to prepare {out}")
+        time.sleep(0.5)  # a manifest of an earlier fingerprint may be replaced
+    return out
 
 
 def tokenizer_of(directory: Path, kind: str | None = None):
@@ -77,9 +90,14 @@ class TaskData:
             (Path(run_dir) / "labels.json").write_text(json.dumps(self.labels) + "\n")
 
 
-def build_data(cfg: Config, micro: int, rank: int = 0, world_size: int = 1, progress: bool = True) -> TaskData:
-    """Prepare or reuse shards and open the training stream (``micro`` rows, examples or tokens per micro-batch)."""
-    shard_dir = shard_dir_for(cfg, progress)
+def build_data(cfg: Config, micro: int, rank: int = 0, world_size: int = 1, progress: bool = True,
+               preparer: bool = True) -> TaskData:
+    """Prepare or reuse shards and open the training stream (``micro`` rows, examples or tokens per micro-batch).
+
+    ``rank`` of ``world_size`` reads its own part of every epoch; ``preparer`` False waits for another
+    process to prepare.
+    """
+    shard_dir = shard_dir_for(cfg, progress, preparer)
     manifest = read_manifest(shard_dir)
     tokenizer = tokenizer_of(shard_dir, manifest["tokenizer"]["kind"])
     data = TaskData(cfg, shard_dir, manifest, tokenizer, None, micro, rank, world_size)

@@ -217,17 +217,25 @@ class _Progress:
         write_atomic(self.path, json.dumps(self.state).encode())
 
 
+def prepared_dir(spec: PrepareSpec, out: str | Path | None = None) -> tuple[Path, str]:
+    """Where ``spec``'s shards are (or will be) -> (directory, fingerprint)."""
+    fp = fingerprint(spec)
+    return (Path(out) if out else cache_root() / "shards" / fp[:16]), fp
+
+
+def is_prepared(out: Path, fp: str) -> bool:
+    return (out / "manifest.json").exists() and read_manifest(out).get("fingerprint") == fp
+
+
 def prepare(spec: PrepareSpec, out: str | Path | None = None, progress: bool = True) -> Path:
     """Prepare ``spec`` into ``out`` (default: the cache, keyed by fingerprint); returns the directory.
 
     A directory that already holds a complete manifest of the same fingerprint is reused as is.
     """
-    fp = fingerprint(spec)
-    out = Path(out) if out else cache_root() / "shards" / fp[:16]
-    manifest_path = out / "manifest.json"
-    if manifest_path.exists():
-        if read_manifest(out).get("fingerprint") == fp:
-            return out
+    out, fp = prepared_dir(spec, out)
+    if is_prepared(out, fp):
+        return out
+    if (out / "manifest.json").exists():
         print(f"{out}: the data or settings changed since it was prepared; preparing again", file=sys.stderr)
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)

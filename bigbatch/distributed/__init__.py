@@ -1,1 +1,1 @@
-"""Ways to run a model: activation checkpointing, compilation (data parallelism comes here too)."""
+"""Ways to run a model from outside it: process group, DDP / FSDP2, activation checkpointing, compilation, precision."""

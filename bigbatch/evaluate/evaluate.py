@@ -16,25 +16,53 @@ def _to(batch: dict, device) -> dict:
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
+def _lockstep(batches, dist, device):
+    """Batches for a sharded model, whose every forward is a collective: all ranks run as many
+    forwards as the rank with the most batches; a rank that has run out repeats its last batch,
+    marked (second item False) so its result is dropped."""
+    last = None
+    for batch in batches:
+        dist.sum([1.0], device)
+        last = batch
+        yield batch, True
+    while dist.sum([0.0], device)[0] > 0:
+        if last is None:
+            raise RuntimeError(f"rank {dist.rank} has no evaluation batch at all; the split is too small for "
+                               f"{dist.world_size} ranks")
+        yield last, False
+
+
 @torch.no_grad()
 def evaluate(model, task: str, batches, device, autocast=contextlib.nullcontext, bytes_per_token: float | None = None,
-             num_classes: int = 0) -> dict:
-    """Mean loss per target over ``batches`` plus the task's metrics. Restores train mode."""
+             num_classes: int = 0, dist=None, lockstep: bool = False) -> dict:
+    """Mean loss per target over ``batches`` plus the task's metrics. Restores train mode.
+
+    With ``dist`` (several ranks) each rank passes its own share of the split and the sums are
+    added over the ranks; ``lockstep`` for sharded (FSDP) models.
+    """
     was_training = model.training
     model.eval()
     loss_sum, n_targets = 0.0, 0
     confusion = np.zeros((num_classes, num_classes), dtype=np.int64) if task == "classify" else None
     objective = OBJECTIVES[task]
-    for batch in batches:
+    stream = _lockstep(batches, dist, device) if lockstep else ((b, True) for b in batches)
+    for batch, counts in stream:
         batch = _to(batch, device)
         with autocast():
             s, n, _ = objective(model, batch)
             if confusion is not None:
                 pred = model(batch["input_ids"], batch["attention_mask"]).argmax(-1)
-                np.add.at(confusion, (batch["labels"].cpu().numpy(), pred.cpu().numpy()), 1)
-        loss_sum += float(s)
-        n_targets += int(n)
+                if counts:
+                    np.add.at(confusion, (batch["labels"].cpu().numpy(), pred.cpu().numpy()), 1)
+        if counts:
+            loss_sum += float(s)
+            n_targets += int(n)
     model.train(was_training)
+    if dist is not None and dist.enabled:
+        sums = dist.sum([loss_sum, n_targets] + ([] if confusion is None else confusion.ravel().tolist()), device)
+        loss_sum, n_targets = sums[0], int(sums[1])
+        if confusion is not None:
+            confusion = np.array(sums[2:], dtype=np.int64).reshape(confusion.shape)
     loss = loss_sum / max(n_targets, 1)
     out = {"loss": loss, "eval_targets": n_targets}
     if task in ("lm", "translate"):

@@ -4,29 +4,44 @@ A checkpoint directory either exists complete or not at all, so a crash or kill 
 write leaves the previous checkpoint loadable. ``checkpoints/latest`` names the newest.
 
     checkpoints/step_00001000/
-        model.safetensors   weights of the unwrapped model (tied tensors stored once)
-        optimizer.pt        optimiser state
-        trainer.pt          scheduler, data-loader position, RNG states, step, tokens seen
+        state/              model + optimiser state, torch.distributed.checkpoint (DCP): each rank
+                            writes its own shards in parallel; loading reshards to any world size
+                            and any strategy (none / ddp / fsdp)
+        model.safetensors   the whole model, consolidated (tied tensors stored once): what eval,
+                            generate, export and compression read, whatever the world size
+        trainer.pt          scheduler, data-loader position, every rank's RNG state, step, tokens
         config.yaml         the run's resolved config
         checksums.json      sha256 of each file above
+
+Every rank takes part in saving and loading (the collectives inside DCP); rank 0 alone writes the
+rest and renames. With several machines the run directory must be on a shared file system.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
+                                                     set_state_dict)
 from safetensors.torch import load_model as st_load_model
 from safetensors.torch import save_model as st_save_model
 
+try:
+    from torch.distributed.tensor import DTensor
+except ImportError:  # torch < 2.5
+    from torch.distributed._tensor import DTensor
+
 from bigbatch.config import Config, load_config
 from bigbatch.data.shards import sha256_file
+from bigbatch.distributed.process import ONE_PROCESS, Dist
 from bigbatch.errors import UserError
-
-FILES = ("model.safetensors", "optimizer.pt", "trainer.pt", "config.yaml")
 
 
 def _fsync(path: Path) -> None:
@@ -53,31 +68,60 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
         model = inner
 
 
+@contextlib.contextmanager
+def _quiet_dcp():
+    """DCP warns that it saves "in a single process" when no process group exists: that is intended."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
+        yield
+
+
+def _consolidated(model, config: Config, dist: Dist) -> torch.nn.Module | None:
+    """On rank 0, a plain CPU module holding the whole model (gathered from shards under FSDP)."""
+    if not any(isinstance(p, DTensor) for p in model.parameters()):
+        return unwrap(model) if dist.is_main else None
+    from bigbatch.nn.models import build_model
+
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not dist.is_main:
+        return None
+    plain = build_model(config.task, config.model)
+    plain.load_state_dict(full)
+    return plain
+
+
 def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, trainer_state: dict, config: Config,
-                    keep_last: int = 2) -> Path:
-    """Write checkpoints/step_NNNNNNNN (the step, 8 digits) atomically, point ``latest`` at it, keep the newest ``keep_last``."""
-    ckpt_root.mkdir(parents=True, exist_ok=True)
+                    keep_last: int = 2, dist: Dist = ONE_PROCESS) -> Path:
+    """Write checkpoints/step_NNNNNNNN (the step, 8 digits) atomically, point ``latest`` at it, keep the
+    newest ``keep_last``. Called by every rank; ``trainer_state`` is rank 0's."""
     final = ckpt_root / f"step_{step:08d}"
-    tmp = ckpt_root / f".tmp-{final.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    st_save_model(unwrap(model), str(tmp / "model.safetensors"))
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(trainer_state, tmp / "trainer.pt")
-    (tmp / "config.yaml").write_text(config.to_yaml())
-    sums = {}
-    for name in FILES:
-        _fsync(tmp / name)
-        sums[name] = sha256_file(tmp / name)
-    (tmp / "checksums.json").write_text(json.dumps(sums, indent=1))
-    _fsync(tmp / "checksums.json")
-    if final.exists():  # a re-save of the same step (e.g. after a resume) replaces it
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    _write_text_atomic(ckpt_root / "latest", final.name + "\n")
-    steps = sorted(p for p in ckpt_root.glob("step_*") if p.is_dir())
-    for old in steps[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
+    tmp = ckpt_root / f".tmp-{final.name}"
+    if dist.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    dist.barrier()
+    model_state, optim_state = get_state_dict(model, optimizer)
+    with _quiet_dcp():
+        dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(tmp / "state"))
+    plain = _consolidated(model, config, dist)
+    if dist.is_main:
+        st_save_model(plain, str(tmp / "model.safetensors"))
+        torch.save(trainer_state, tmp / "trainer.pt")
+        (tmp / "config.yaml").write_text(config.to_yaml())
+        sums = {}
+        for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
+            _fsync(path)
+            sums[str(path.relative_to(tmp))] = sha256_file(path)
+        (tmp / "checksums.json").write_text(json.dumps(sums, indent=1))
+        _fsync(tmp / "checksums.json")
+        if final.exists():  # a re-save of the same step (e.g. after a resume) replaces it
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _write_text_atomic(ckpt_root / "latest", final.name + "\n")
+        steps = sorted(p for p in ckpt_root.glob("step_*") if p.is_dir())
+        for old in steps[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    dist.barrier()
     return final
 
 
@@ -125,9 +169,25 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
     return model.to(device).eval(), config
 
 
-def load_training_state(ckpt: Path, model, optimizer) -> dict:
-    """Restore model and optimiser in place from a verified checkpoint; returns trainer.pt's dict."""
-    verify(ckpt)
-    st_load_model(unwrap(model), str(ckpt / "model.safetensors"))
-    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
+def load_training_state(ckpt: Path, model, optimizer, dist: Dist = ONE_PROCESS) -> dict:
+    """Restore model and optimiser in place (every rank, any world size) from a verified checkpoint;
+    returns trainer.pt's dict."""
+    error = None
+    if dist.is_main:
+        try:
+            verify(ckpt)
+        except UserError as e:
+            error = str(e)
+    error = dist.broadcast(error)
+    if error:
+        raise UserError(error)
+    if (ckpt / "state").is_dir():
+        model_state, optim_state = get_state_dict(model, optimizer)
+        state = {"model": model_state, "optim": optim_state}
+        with _quiet_dcp():
+            dcp.load(state, checkpoint_id=str(ckpt / "state"))
+        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    else:  # the single-file format of earlier versions
+        st_load_model(unwrap(model), str(ckpt / "model.safetensors"))
+        optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
     return torch.load(ckpt / "trainer.pt", weights_only=False)

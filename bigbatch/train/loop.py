@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import random
 import signal
@@ -23,19 +22,21 @@ from tqdm import tqdm
 
 from bigbatch.config import Config
 from bigbatch.data.pipeline import TaskData, build_data
-from bigbatch.distributed.parallelize import apply_ac, apply_compile
+from bigbatch.distributed import process
+from bigbatch.distributed.parallelize import apply_ac, apply_compile, apply_ddp, apply_fsdp, gradient_sync
+from bigbatch.distributed.process import ONE_PROCESS, Dist
 from bigbatch.distributed.precision import Precision
 from bigbatch.errors import TrainingError, UserError
-from bigbatch.evaluate.evaluate import evaluate, translation_scores, unigram_bits_per_byte
-from bigbatch.nn.generate import generate
+from bigbatch.evaluate.evaluate import evaluate
 from bigbatch.nn.models import build_model, count_parameters, flops_per_token
 from bigbatch.objectives import OBJECTIVES
-from bigbatch.train.checkpoint import latest_checkpoint, load_training_state, save_checkpoint
+from bigbatch.train.checkpoint import latest_checkpoint, load_model, load_training_state, save_checkpoint, unwrap
 from bigbatch.train.memory import auto_micro_batch, probe, rows_per_micro_batch
-from bigbatch.train.metrics import MetricsLogger, peak_flops, write_run_plots
+from bigbatch.train.metrics import MetricsLogger, peak_flops
 from bigbatch.train.noise import NoiseScale
 from bigbatch.train.optim import build_optimizer, build_scheduler, scale_for_batch
-from bigbatch.train.setup import BatchPlan, global_batch_for_scaling, plan_batch, resolve_config, resolve_device
+from bigbatch.train.report import report
+from bigbatch.train.setup import BatchPlan, global_batch_for_scaling, plan_batch, resolve_config
 
 
 def _rng_state() -> dict:
@@ -86,72 +87,115 @@ def _check_compatible(saved_path: Path, cfg: Config) -> None:
 def train(cfg: Config, run_dir: str | Path | None = None, progress: bool = True) -> dict:
     """Train ``cfg`` into ``run_dir`` (resuming from its latest checkpoint if it has one).
 
-    Prepares the data first when needed (cached by fingerprint). Returns a summary dict: step,
-    tokens, the final validation metrics, tokens/s and wall time.
+    Prepares the data first when needed (cached by fingerprint). Under torchrun every rank calls this;
+    the process group is joined (and left) here. Returns a summary dict: step, tokens, the final
+    validation metrics, tokens/s and wall time (rank 0; the other ranks return step and tokens).
     """
+    strategy = _strategy(cfg, process.from_env())
+    dist, device, started = process.init(cfg.train.device, cfg.train.dist_timeout_s, group=strategy != "none")
+    try:
+        return _train(cfg, run_dir, progress, dist, device, strategy)
+    finally:
+        process.shutdown(started)
+
+
+def _strategy(cfg: Config, dist: Dist) -> str:
+    parallel = cfg.train.parallel
+    if parallel == "auto":
+        return "ddp" if dist.enabled else "none"
+    if parallel == "none" and dist.enabled:
+        raise UserError(f"train.parallel=none with {dist.world_size} processes would train {dist.world_size} "
+                        "separate models; use ddp or fsdp (or auto)")
+    return parallel
+
+
+def _train(cfg: Config, run_dir, progress: bool, dist: Dist, device: torch.device, strategy: str) -> dict:
     wall_start = time.time()
-    device = resolve_device(cfg.train.device)
-    plan = plan_batch(cfg)
-    data = build_data(cfg, plan.micro, progress=progress)
+    progress = progress and dist.is_main
+    plan = plan_batch(cfg, dist.world_size)
+    data = build_data(cfg, plan.micro, dist.rank, dist.world_size, progress=progress, preparer=dist.local_rank == 0)
     cfg = resolve_config(cfg, data)
     optim, scaling = scale_for_batch(cfg.optim, global_batch_for_scaling(cfg, plan))
     cfg = dataclasses.replace(cfg, optim=optim)
-    if scaling:
+    if scaling and dist.is_main:
         print(scaling, file=sys.stderr)
     valid = data.loader("valid")
 
-    torch.manual_seed(cfg.train.seed)
+    torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
     model = build_model(cfg.task, cfg.model).to(device)
-    optimizer = build_optimizer(model, cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.max_steps)
-
-    run_dir = Path(run_dir) if run_dir else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    state, noise_state = {"step": 0, "tokens": 0}, None
+    run_dir = Path(run_dir or dist.broadcast(str(Path("runs") / time.strftime("%Y%m%d-%H%M%S"))))
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     ckpt = latest_checkpoint(run_dir)
     if ckpt is not None:
         _check_compatible(ckpt, cfg)
-        saved = load_training_state(ckpt, model, optimizer)
-        scheduler.load_state_dict(saved["scheduler"])
-        data.train.load_state_dict(saved["data"])
-        _set_rng_state(saved["rng"])
-        state = {"step": saved["step"], "tokens": saved["tokens"]}
-        noise_state = saved.get("noise")
-        print(f"resuming {run_dir} from {ckpt.name} (step {state['step']}, {state['tokens']:,} tokens)", file=sys.stderr)
-    (run_dir / "config.yaml").write_text(cfg.to_yaml())
-    data.save_to_run(run_dir)
 
     fpt = flops_per_token(model, cfg.data.seq_len if cfg.task == "lm" else cfg.model.max_len)
     precision = Precision(cfg.train.precision, device)
     if cfg.train.micro_batch_size == "auto" and plan.unit != "tokens":
         micro = auto_micro_batch(model, cfg, plan.micro * plan.accum_steps, device, precision)
+        micro = dist.min(micro, device)  # ranks may have found different sizes (CUDA): take the smallest
         plan = dataclasses.replace(plan, micro=micro, accum_steps=plan.micro * plan.accum_steps // micro)
-        state_of_loader = data.train.state_dict()
         data.micro = micro
         data.train = data.loader("train", shuffle=True, seed=cfg.train.seed)
-        if ckpt is not None:
-            data.train.load_state_dict(state_of_loader)
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, micro_batch_size=micro))
-        (run_dir / "config.yaml").write_text(cfg.to_yaml())
-    _print_header(cfg, model, plan, device, fpt, data)
+    if dist.is_main:
+        _print_header(cfg, model, plan, device, fpt, data, strategy)
     probe(model, cfg, rows_per_micro_batch(cfg, plan.micro), device, precision)  # an OOM now, not hours in
     if cfg.train.activation_checkpointing:
         apply_ac(model)
     if cfg.train.compile:
         apply_compile(model)
+    if strategy == "ddp":
+        model = apply_ddp(model, device)
+    elif strategy == "fsdp":
+        model = apply_fsdp(model, cfg.train.precision)
+    optimizer = build_optimizer(model, cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.max_steps)
+    if dist.enabled:
+        torch.manual_seed(cfg.train.seed + 1 + dist.rank)  # dropout differs across ranks
+
+    state, noise_state = {"step": 0, "tokens": 0}, None
+    if ckpt is not None:
+        saved = load_training_state(ckpt, model, optimizer, dist)
+        scheduler.load_state_dict(saved["scheduler"])
+        data.train.load_state_dict(saved["data"])
+        _restore_rng(saved["rng"], dist, cfg.train.seed)
+        state = {"step": saved["step"], "tokens": saved["tokens"]}
+        noise_state = saved.get("noise")
+        if dist.is_main:
+            print(f"resuming {run_dir} from {ckpt.name} (step {state['step']}, {state['tokens']:,} tokens)",
+                  file=sys.stderr)
+    if dist.is_main:
+        (run_dir / "config.yaml").write_text(cfg.to_yaml())
+        data.save_to_run(run_dir)
     ctx = _Context(cfg, plan, model, optimizer, scheduler, data, valid, device, run_dir,
-                   MetricsLogger(run_dir, resume_step=state["step"] if ckpt else None),
-                   peak_flops(device, cfg.train.precision, cfg.train.peak_flops), fpt, start_tokens=state["tokens"])
+                   MetricsLogger(run_dir, resume_step=state["step"] if ckpt else None, enabled=dist.is_main),
+                   peak_flops(device, cfg.train.precision, cfg.train.peak_flops), fpt, dist=dist, strategy=strategy,
+                   start_tokens=state["tokens"])
     if noise_state:
         ctx.noise.load_state_dict(noise_state)
     try:
         with _StopSignal() as stop:
             _run(ctx, state, stop, progress)
-        if stop.signum is not None:
-            return {"run_dir": str(run_dir), "stopped_by_signal": stop.signum, **state}
+        if ctx.stopped:
+            return {"run_dir": str(run_dir), "stopped_by_signal": stop.signum or signal.SIGTERM, **state}
         return _finish(ctx, state, time.time() - wall_start)
     finally:
         ctx.logger.close()
+
+
+def _restore_rng(saved, dist: Dist, seed: int) -> None:
+    """Each rank takes back its own RNG state; on another world size the ranks are seeded afresh."""
+    if isinstance(saved, dict):  # one process, or checkpoints of earlier versions
+        saved = [saved]
+    if len(saved) == dist.world_size:
+        _set_rng_state(saved[dist.rank])
+    else:
+        if dist.is_main:
+            print(f"note: the checkpoint holds RNG states of {len(saved)} ranks, this run has {dist.world_size}; "
+                  "random streams (dropout) restart from the seed", file=sys.stderr)
+        torch.manual_seed(seed + 1 + dist.rank)
 
 
 @dataclasses.dataclass
@@ -168,12 +212,15 @@ class _Context:
     logger: MetricsLogger
     peak: float | None
     flops_per_token: float
+    dist: Dist = ONE_PROCESS
+    strategy: str = "none"
     train_seconds: float = 0.0
     start_tokens: int = 0
+    stopped: bool = False  # by a signal (on any rank)
     noise: NoiseScale = dataclasses.field(default_factory=NoiseScale)
 
 
-def _print_header(cfg, model, plan, device, fpt, data: TaskData) -> None:
+def _print_header(cfg, model, plan, device, fpt, data: TaskData, strategy: str) -> None:
     n, n_ne = count_parameters(model), count_parameters(model, non_embedding=True)
     threads = f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else ""
     splits = data.manifest["splits"]
@@ -182,7 +229,8 @@ def _print_header(cfg, model, plan, device, fpt, data: TaskData) -> None:
     print(f"data: {cfg.data.source} -> {data.shard_dir}; tokenizer {data.tokenizer.kind} ({data.tokenizer.vocab_size} ids); "
           + ", ".join(f"{k} {v['n_examples']:,} examples / {v['n_tokens']:,} tokens" for k, v in splits.items()
                       if v["n_examples"]), file=sys.stderr)
-    print(f"batch: {plan.describe()}, accumulation {plan.accum_steps}, ranks 1; lr {cfg.optim.lr:g}; "
+    ranks = f"ranks {plan.ranks} ({strategy})" if strategy != "none" else "ranks 1"
+    print(f"batch: {plan.describe()}, accumulation {plan.accum_steps}, {ranks}; lr {cfg.optim.lr:g}; "
           f"device {device}{threads}", file=sys.stderr)
 
 
@@ -202,32 +250,62 @@ def micro_batches_at(step: int, accum_steps: int, batch_warmup_steps: int) -> in
     return max(1, math.ceil(accum_steps * (step + 1) / batch_warmup_steps))
 
 
-def _step(ctx: _Context, precision: Precision, step: int) -> tuple[torch.Tensor, torch.Tensor, int, int, bool]:
-    """One optimiser step over the global batch -> (summed loss, grad norm, target count, tokens, applied).
+@dataclasses.dataclass
+class _StepResult:
+    loss_sum: float  # over the global batch, all ranks
+    grad_norm: float
+    n_targets: int
+    tokens: int
+    applied: bool
+    signalled: bool  # some rank was asked to stop by a signal
+    time_up: bool  # rank 0's clock passed train.max_time_s
 
-    A non-finite loss or gradient skips the update (``applied`` False); under fp16 the gradient
-    scaler makes that call itself.
+
+def _step(ctx: _Context, precision: Precision, step: int, signalled: bool = False, time_up: bool = False) -> _StepResult:
+    """One optimiser step over the global batch.
+
+    The target count N of the global batch (all micro-batches, all ranks) is known before any
+    backward, so every rank scales its summed loss by 1/N and the ranks' gradients are summed, never
+    averaged. A non-finite loss or gradient on any rank skips the update on all of them (under fp16
+    the gradient scaler makes that call itself). The stop flags travel with the loss, so all ranks
+    stop after the same step.
     """
+    dist = ctx.dist
     k = micro_batches_at(step, ctx.plan.accum_steps, ctx.cfg.train.batch_warmup_steps)
     micro = [ctx.data.train.next_batch() for _ in range(k)]
-    n_total = sum(b["n_targets"] for b in micro)  # targets of the whole global batch
+    n_local, tokens_local = sum(b["n_targets"] for b in micro), sum(_batch_tokens(b) for b in micro)
+    n_total, tokens = (int(x) for x in dist.sum([n_local, tokens_local], ctx.device)) if dist.enabled \
+        else (n_local, tokens_local)
     loss_total = torch.zeros((), device=ctx.device)
     objective = OBJECTIVES[ctx.cfg.task]
     scaler = precision.scaler
-    sq_small = None
+    sq_small = b_small = None
     for i, batch in enumerate(micro):
         batch = {k: v.to(ctx.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-        with precision.autocast():
-            loss_sum, _, _ = objective(ctx.model, batch)
-        scaler.scale(loss_sum / n_total).backward()
+        with gradient_sync(ctx.model, enabled=i == len(micro) - 1):
+            with precision.autocast():
+                loss_sum, _, _ = objective(ctx.model, batch)
+            scaler.scale(loss_sum / n_total).backward()
         loss_total += loss_sum.detach()
-        if i == 0 and len(micro) > 1:  # the first micro-batch's own gradient: |G_small|² for the noise scale
-            sq_small = _grad_sq_norm(ctx.model) * (n_total / micro[0]["n_targets"] / scaler.get_scale()) ** 2
+        if i == 0 and len(micro) > 1 and ctx.strategy == "none":  # |G_small|² of the first micro-batch
+            sq_small = float(_grad_sq_norm(ctx.model)) * (n_total / micro[0]["n_targets"] / scaler.get_scale()) ** 2
+            b_small = micro[0]["n_targets"]
+    if dist.enabled:
+        if ctx.strategy == "ddp":  # this rank's own gradient, taken before the all-reduce
+            sq_local = float(ctx.model.local_grad_norm.take()) * (n_total / n_local / scaler.get_scale()) ** 2
+        loss_sum, sq_sum, signals, time_ups = dist.sum(
+            [float(loss_total), sq_local if ctx.strategy == "ddp" else 0.0, signalled, time_up and dist.is_main],
+            ctx.device)
+        loss_total = torch.tensor(loss_sum)
+        if ctx.strategy == "ddp":
+            sq_small, b_small = sq_sum / dist.world_size, n_total / dist.world_size
+        signalled, time_up = signals > 0, time_ups > 0
     scaler.unscale_(ctx.optimizer)
     clip = ctx.cfg.train.grad_clip or float("inf")
     grad_norm = torch.nn.utils.clip_grad_norm_(ctx.model.parameters(), clip)
+    grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # FSDP: a DTensor
     if sq_small is not None:
-        ctx.noise.update(float(sq_small), micro[0]["n_targets"], float(grad_norm) ** 2, n_total)
+        ctx.noise.update(sq_small, b_small, float(grad_norm) ** 2, n_total)
     applied = True
     if scaler.is_enabled():
         scaler.step(ctx.optimizer)
@@ -238,7 +316,7 @@ def _step(ctx: _Context, precision: Precision, step: int) -> tuple[torch.Tensor,
         applied = False
     ctx.scheduler.step()
     ctx.optimizer.zero_grad(set_to_none=True)
-    return loss_total, grad_norm, n_total, sum(_batch_tokens(b) for b in micro), applied
+    return _StepResult(float(loss_total), float(grad_norm), n_total, tokens, applied, signalled, time_up)
 
 
 def _grad_sq_norm(model: torch.nn.Module) -> torch.Tensor:
@@ -247,15 +325,10 @@ def _grad_sq_norm(model: torch.nn.Module) -> torch.Tensor:
     return torch.stack(torch._foreach_norm(grads)).square().sum()
 
 
-def _stop_reason(ctx: _Context, state: dict, elapsed: float) -> str | None:
+def _done(ctx: _Context, state: dict) -> bool:
+    """max_steps or max_tokens reached (the same answer on every rank: both counts are global)."""
     t = ctx.cfg.train
-    if state["step"] >= t.max_steps:
-        return "max_steps"
-    if t.max_tokens and state["tokens"] >= t.max_tokens:
-        return "max_tokens"
-    if t.max_time_s and elapsed >= t.max_time_s:
-        return "max_time_s"
-    return None
+    return state["step"] >= t.max_steps or bool(t.max_tokens and state["tokens"] >= t.max_tokens)
 
 
 def _run(ctx: _Context, state: dict, stop: _StopSignal, progress: bool) -> None:
@@ -264,15 +337,22 @@ def _run(ctx: _Context, state: dict, stop: _StopSignal, progress: bool) -> None:
                mininterval=1.0 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
     window_loss, window_n, window_tokens, window_start = 0.0, 0, 0, time.perf_counter()
     ctx.model.train()
-    while _stop_reason(ctx, state, ctx.train_seconds) is None and stop.signum is None:
+    while not _done(ctx, state):
         step_start = time.perf_counter()
-        loss_sum, grad_norm, n, tokens, applied = _step(ctx, precision, state["step"])
+        time_up = bool(t.max_time_s) and ctx.train_seconds >= t.max_time_s
+        if not ctx.dist.enabled and (stop.signum is not None or time_up):  # one process: stop before the step
+            ctx.stopped = stop.signum is not None
+            break
+        result = _step(ctx, precision, state["step"], stop.signum is not None, time_up)
+        loss_sum, grad_norm, n, tokens, applied = (result.loss_sum, result.grad_norm, result.n_targets, result.tokens,
+                                                   result.applied)
         state["step"] += 1
         bad_steps = 0 if applied else bad_steps + 1
         if not applied:
             ctx.logger.log({"step": state["step"], "skipped": True, "loss": float(loss_sum) / n,
                             "grad_norm": float(grad_norm)})
-            print(f"step {state['step']}: loss or gradient not finite, update skipped", file=sys.stderr)
+            if ctx.dist.is_main:
+                print(f"step {state['step']}: loss or gradient not finite, update skipped", file=sys.stderr)
             if bad_steps >= t.max_bad_steps:
                 raise TrainingError(f"loss or gradient not finite for {bad_steps} steps in a row (step {state['step']}); "
                                     f"the last good checkpoint is in {ctx.run_dir / 'checkpoints'}; try a lower optim.lr")
@@ -300,70 +380,45 @@ def _run(ctx: _Context, state: dict, stop: _StopSignal, progress: bool) -> None:
             _save(ctx, state)
         if state["step"] % t.log_every == 0:
             window_start = time.perf_counter()
+        if result.signalled or result.time_up:  # ranks agree on these after the step
+            ctx.stopped = result.signalled
+            break
     bar.close()
     _save(ctx, state)
-    if stop.signum is not None:
-        print(f"stopped by signal {stop.signum} at step {state['step']}; checkpoint written to "
+    if ctx.stopped and ctx.dist.is_main:
+        print(f"stopped by signal {stop.signum or '(on another rank)'} at step {state['step']}; checkpoint written to "
               f"{ctx.run_dir / 'checkpoints'}", file=sys.stderr)
 
 
 def _evaluate(ctx: _Context, state: dict, max_batches: int | None) -> dict:
-    result = evaluate(ctx.model, ctx.cfg.task, ctx.valid.eval_batches(max_batches), ctx.device,
+    """Validation on every rank (each its share of the split; sums added over the ranks)."""
+    sharded = ctx.strategy == "fsdp"
+    model = ctx.model if sharded else unwrap(ctx.model)  # DDP's forward is not needed to evaluate
+    result = evaluate(model, ctx.cfg.task, ctx.valid.eval_batches(max_batches), ctx.device,
                       Precision(ctx.cfg.train.precision, ctx.device).autocast, ctx.valid.shards.bytes_per_token,
-                      ctx.cfg.model.num_classes)
+                      ctx.cfg.model.num_classes, dist=ctx.dist, lockstep=sharded and ctx.dist.enabled)
     ctx.logger.log({"step": state["step"], "tokens": state["tokens"], "split": "valid", **result})
     return result
 
 
 def _save(ctx: _Context, state: dict) -> None:
+    """A checkpoint (every rank takes part): rank 0's data position (the same global position on all
+    ranks) and every rank's RNG state."""
+    rng = ctx.dist.gather(_rng_state())
     trainer_state = {"scheduler": ctx.scheduler.state_dict(), "data": ctx.data.train.state_dict(),
-                     "rng": _rng_state(), "noise": ctx.noise.state_dict(), **state}
+                     "rng": rng, "noise": ctx.noise.state_dict(), "world_size": ctx.dist.world_size,
+                     "parallel": ctx.strategy, **state}
     save_checkpoint(ctx.run_dir / "checkpoints", state["step"], ctx.model, ctx.optimizer, trainer_state,
-                    ctx.cfg, ctx.cfg.train.keep_last)
+                    ctx.cfg, ctx.cfg.train.keep_last, ctx.dist)
 
 
 def _finish(ctx: _Context, state: dict, wall_s: float) -> dict:
-    """Final full validation, plots, a sample; prints and returns the summary."""
+    """Final full validation on every rank; rank 0 then reports (plots, summary, sample)."""
     result = _evaluate(ctx, state, None)
-    write_run_plots(ctx.run_dir)
-    summary = {"run_dir": str(ctx.run_dir), "step": state["step"], "tokens": state["tokens"],
-               **{f"valid_{k}": v for k, v in result.items()},
-               "tokens_per_s": (state["tokens"] - ctx.start_tokens) / ctx.train_seconds if ctx.train_seconds else math.nan,
-               "train_seconds": ctx.train_seconds, "wall_seconds": wall_s, "noise_scale": ctx.noise.value}
-    line = f"valid: loss {result['loss']:.4f} nats/target"
-    if ctx.cfg.task == "lm":
-        summary["unigram_bits_per_byte"] = _unigram_baseline(ctx)
-        line += f", {result['bits_per_byte']:.3f} bits/byte (unigram baseline {summary['unigram_bits_per_byte']:.3f} bits/byte)"
-    elif ctx.cfg.task == "classify":
-        line += f", accuracy {result['accuracy']:.4f}, macro-F1 {result['macro_f1']:.4f}"
-    else:
-        scores = translation_scores(ctx.model, ctx.valid.eval_batches(), ctx.data.tokenizer, ctx.device, max_sentences=300)
-        summary.update(valid_bleu=scores["bleu"], valid_chrf=scores["chrf"])
-        ctx.logger.log({"step": state["step"], "split": "valid", "bleu": scores["bleu"], "chrf": scores["chrf"]})
-        line += f", BLEU {scores['bleu']:.2f}, chrF {scores['chrf']:.2f} (greedy, {scores['sentences']} sentences)"
-        for hyp, ref in scores["examples"]:
-            print(f"  hyp: {hyp}\n  ref: {ref}", file=sys.stderr)
-    (ctx.run_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    print(f"{line}; {summary['tokens_per_s']:,.0f} tokens/s, wall {wall_s:.0f} s; run dir {ctx.run_dir}", file=sys.stderr)
-    if ctx.cfg.task == "lm":
-        _print_sample(ctx)
-    return summary
-
-
-def _unigram_baseline(ctx: _Context) -> float:
-    """Bits per byte of the valid split under the train split's token frequencies (first train shard)."""
-    train_shard = ctx.data.train.shards.shards[0]
-    valid = np.concatenate([s.read(0, s.n_tokens) for s in ctx.valid.shards.shards])
-    return unigram_bits_per_byte(train_shard.read(0, train_shard.n_tokens), valid, ctx.data.tokenizer.vocab_size,
-                                 ctx.valid.shards.bytes_per_token)
-
-
-def _print_sample(ctx: _Context) -> None:
-    prompt, n, tok = ctx.cfg.train.sample_prompt, ctx.cfg.train.sample_tokens, ctx.data.tokenizer
-    if not (prompt and n):
-        return
-    gen = torch.Generator(device=ctx.device).manual_seed(ctx.cfg.train.seed)
-    ids = torch.from_numpy(tok.encode(prompt).astype(np.int64))[None].to(ctx.device)
-    ctx.model.eval()
-    out = generate(ctx.model, ids, n, temperature=0.8, top_k=50, eos_id=tok.eos_id, generator=gen)
-    print(f"--- sample (prompt {prompt!r}) ---\n{tok.decode(out[0].tolist())}\n---", file=sys.stderr)
+    if not ctx.dist.is_main:
+        return {"run_dir": str(ctx.run_dir), "step": state["step"], "tokens": state["tokens"]}
+    tps = (state["tokens"] - ctx.start_tokens) / ctx.train_seconds if ctx.train_seconds else math.nan
+    plain = unwrap(ctx.model) if ctx.strategy != "fsdp" else load_model(ctx.run_dir, ctx.device)[0]
+    return report(ctx.cfg, plain, ctx.data, ctx.valid, ctx.run_dir, ctx.device, ctx.logger, state, result,
+                  {"tokens_per_s": tps, "train_seconds": ctx.train_seconds, "wall_seconds": wall_s,
+                   "noise_scale": ctx.noise.value, "world_size": ctx.dist.world_size, "parallel": ctx.strategy})

@@ -31,9 +31,12 @@ def peak_flops(device: torch.device, precision: str, override: float | None = No
 
 
 class MetricsLogger:
-    """Appends rows to RUN_DIR/metrics.jsonl and scalars to RUN_DIR/tb/."""
+    """Appends rows to RUN_DIR/metrics.jsonl and scalars to RUN_DIR/tb/ (on rank 0: ``enabled``)."""
 
-    def __init__(self, run_dir: Path, resume_step: int | None = None):
+    def __init__(self, run_dir: Path, resume_step: int | None = None, enabled: bool = True):
+        self.enabled = enabled
+        if not enabled:
+            return
         self.path = Path(run_dir) / "metrics.jsonl"
         if resume_step is not None and self.path.exists():
             # drop rows the interrupted run wrote after the checkpoint we resume from
@@ -45,6 +48,8 @@ class MetricsLogger:
         self.tb = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=resume_step)
 
     def log(self, row: dict) -> None:
+        if not self.enabled:
+            return
         row = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
         self._file.write(json.dumps(row) + "\n")
         self._file.flush()
@@ -54,6 +59,8 @@ class MetricsLogger:
                 self.tb.add_scalar(f"{prefix}/{key}", value, row["step"])
 
     def close(self) -> None:
+        if not self.enabled:
+            return
         self._file.close()
         self.tb.close()
 

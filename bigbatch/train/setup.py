@@ -19,12 +19,18 @@ class BatchPlan:
     accum_steps: int
     unit: str  # "rows", "examples" or "tokens"
     seq_len: int = 0
+    ranks: int = 1
+
+    @property
+    def total(self) -> int:
+        """The global batch: micro-batch x accumulation x ranks."""
+        return self.micro * self.accum_steps * self.ranks
 
     def describe(self) -> str:
         if self.unit == "rows":
-            return (f"global {self.micro * self.accum_steps} x {self.seq_len} = "
-                    f"{self.micro * self.accum_steps * self.seq_len:,} tokens, micro-batch {self.micro}")
-        return f"global {self.micro * self.accum_steps:,} {self.unit}, micro-batch {self.micro:,} {self.unit}"
+            return (f"global {self.total} x {self.seq_len} = {self.total * self.seq_len:,} tokens, "
+                    f"micro-batch {self.micro}")
+        return f"global {self.total:,} {self.unit}, micro-batch {self.micro:,} {self.unit}"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -35,8 +41,11 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def plan_batch(cfg: Config) -> BatchPlan:
-    """Global batch -> micro-batch and accumulation steps; bad divisibility fails showing the numbers."""
+def plan_batch(cfg: Config, ranks: int = 1) -> BatchPlan:
+    """Global batch -> micro-batch per rank and accumulation steps; bad divisibility fails showing the numbers.
+
+    The global batch is the config's whatever the number of ranks: more ranks, fewer micro-batches each.
+    """
     t, seq_len = cfg.train, cfg.data.seq_len
     given_micro = t.micro_batch_size if t.micro_batch_size != "auto" else None  # auto: resolved once the model exists
     if cfg.task == "lm":
@@ -46,18 +55,18 @@ def plan_batch(cfg: Config) -> BatchPlan:
                                 f"data.seq_len={seq_len}")
             global_rows = t.global_batch_tokens // seq_len
         else:
-            global_rows = t.global_batch_size or given_micro or 16
-        micro, unit, name = given_micro or global_rows, "rows", "train.micro_batch_size"
-        total = global_rows
+            global_rows = t.global_batch_size or (given_micro or 16 // ranks or 1) * ranks
+        unit, name, total = "rows", "train.micro_batch_size", global_rows
     elif t.micro_batch_tokens:
-        micro, unit, name = t.micro_batch_tokens, "tokens", "train.micro_batch_tokens"
-        total = t.global_batch_tokens or micro
+        given_micro, unit, name = t.micro_batch_tokens, "tokens", "train.micro_batch_tokens"
+        total = t.global_batch_tokens or given_micro * ranks
     else:
-        micro = given_micro or t.global_batch_size or 32
-        unit, name, total = "examples", "train.micro_batch_size", t.global_batch_size or micro
-    if micro > total or total % micro:
-        raise UserError(f"global batch of {total} {unit} is not a whole number of {name}={micro} micro-batches")
-    return BatchPlan(micro, total // micro, unit, seq_len)
+        unit, name, total = "examples", "train.micro_batch_size", t.global_batch_size or (given_micro or 32) * ranks
+    micro = given_micro or max(total // ranks, 1)
+    if micro * ranks > total or total % (micro * ranks):
+        per = f" x {ranks} ranks" if ranks > 1 else ""
+        raise UserError(f"global batch of {total} {unit} is not a whole number of {name}={micro}{per} micro-batches")
+    return BatchPlan(micro, total // (micro * ranks), unit, seq_len, ranks)
 
 
 def resolve_config(cfg: Config, data: TaskData) -> Config:
@@ -82,7 +91,6 @@ def resolve_config(cfg: Config, data: TaskData) -> Config:
 
 def global_batch_for_scaling(cfg: Config, plan: BatchPlan) -> int:
     """The global batch in reference_batch's units: tokens if global_batch_tokens is set, else examples."""
-    total = plan.micro * plan.accum_steps
     if plan.unit == "rows":
-        return total * plan.seq_len if cfg.train.global_batch_tokens else total
-    return total
+        return plan.total * plan.seq_len if cfg.train.global_batch_tokens else plan.total
+    return plan.total

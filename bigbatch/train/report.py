@@ -1,0 +1,62 @@
+"""The end of a run, on rank 0: plots, summary.json, the closing line, a sample or example translations."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bigbatch.config import Config
+from bigbatch.evaluate.evaluate import translation_scores, unigram_bits_per_byte
+from bigbatch.nn.generate import generate
+from bigbatch.train.metrics import MetricsLogger, write_run_plots
+
+
+def report(cfg: Config, model: torch.nn.Module, data, valid, run_dir: Path, device, logger: MetricsLogger,
+           state: dict, result: dict, extra: dict) -> dict:
+    """Write plots and summary.json, print the closing line; ``model`` is a plain (unsharded) module."""
+    write_run_plots(run_dir)
+    summary = {"run_dir": str(run_dir), "step": state["step"], "tokens": state["tokens"],
+               **{f"valid_{k}": v for k, v in result.items()}, **extra}
+    line = f"valid: loss {result['loss']:.4f} nats/target"
+    if cfg.task == "lm":
+        summary["unigram_bits_per_byte"] = unigram_baseline(data.train, valid, data.tokenizer.vocab_size)
+        line += (f", {result['bits_per_byte']:.3f} bits/byte (unigram baseline "
+                 f"{summary['unigram_bits_per_byte']:.3f} bits/byte)")
+    elif cfg.task == "classify":
+        line += f", accuracy {result['accuracy']:.4f}, macro-F1 {result['macro_f1']:.4f}"
+    else:
+        scores = translation_scores(model, valid.eval_batches(), data.tokenizer, device, max_sentences=300)
+        summary.update(valid_bleu=scores["bleu"], valid_chrf=scores["chrf"])
+        logger.log({"step": state["step"], "split": "valid", "bleu": scores["bleu"], "chrf": scores["chrf"]})
+        line += f", BLEU {scores['bleu']:.2f}, chrF {scores['chrf']:.2f} (greedy, {scores['sentences']} sentences)"
+        for hyp, ref in scores["examples"]:
+            print(f"  hyp: {hyp}\n  ref: {ref}", file=sys.stderr)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    print(f"{line}; {summary['tokens_per_s']:,.0f} tokens/s, wall {summary['wall_seconds']:.0f} s; run dir {run_dir}",
+          file=sys.stderr)
+    if cfg.task == "lm":
+        print_sample(cfg, model, data.tokenizer, device)
+    return summary
+
+
+def unigram_baseline(train, valid, vocab_size: int) -> float:
+    """Bits per byte of the valid split under the train split's token frequencies (first train shard)."""
+    train_shard = train.shards.shards[0]
+    valid_tokens = np.concatenate([s.read(0, s.n_tokens) for s in valid.shards.shards])
+    return unigram_bits_per_byte(train_shard.read(0, train_shard.n_tokens), valid_tokens, vocab_size,
+                                 valid.shards.bytes_per_token)
+
+
+def print_sample(cfg: Config, model, tok, device) -> None:
+    prompt, n = cfg.train.sample_prompt, cfg.train.sample_tokens
+    if not (prompt and n):
+        return
+    gen = torch.Generator(device=device).manual_seed(cfg.train.seed)
+    ids = torch.from_numpy(tok.encode(prompt).astype(np.int64))[None].to(device)
+    model.eval()
+    out = generate(model, ids, n, temperature=0.8, top_k=50, eos_id=tok.eos_id, generator=gen)
+    print(f"--- sample (prompt {prompt!r}) ---\n{tok.decode(out[0].tolist())}\n---", file=sys.stderr)
