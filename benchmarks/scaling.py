@@ -29,9 +29,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def measure(nproc: int, threads: int, parallel: str, global_rows: int, steps: int, work: Path) -> float:
-    run_dir = work / f"n{nproc}-{parallel}-{global_rows}"
+    run_dir = Path(tempfile.mkdtemp(dir=work)) / "run"  # a fresh run each time (an old one would resume)
     sets = [f"train.max_steps={steps}", f"train.global_batch_size={global_rows}", "train.eval_every=0",
-            "train.save_every=0", "train.sample_tokens=0", "train.log_every=5", f"train.parallel={parallel}"]
+            "train.save_every=0", "train.sample_tokens=0", "train.log_every=5", f"train.parallel={parallel}",
+            "optim.warmup_steps=10"]
     cmd = [sys.executable, "-m", "bigbatch", "train", "--run-dir", str(run_dir), "--no-progress"]
     if nproc > 1:
         cmd += ["--nproc", str(nproc)]
@@ -101,7 +102,7 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in rates.items()}
     print(f"| setting | threads per process | global batch (tokens) | tokens/s (median of {args.reps}) | efficiency |")
     print("|---|---|---|---|---|")
-    for name, (nproc, threads, parallel, rows) in cases.items():
+    for name, (_, threads, _, rows) in cases.items():
         base = med["1 process, weak baseline"] if "weak" in name else med["1 process"]
         print(f"| {name} | {threads} | {rows * 256:,} | {med[name]:,.0f} | {med[name] / base:.2f} |")
     print()

@@ -241,6 +241,24 @@ def test_lm_ranks_cover_an_epoch_exactly_once(lm_shards):
     assert len(seen) == len(set(seen)) == total - total % 3
 
 
+def test_lm_position_does_not_depend_on_the_number_of_ranks(lm_shards):
+    """A step of 2 ranks x b rows reads the same rows as one process x 2 micro-batches of b, and a
+    position saved by 2 ranks resumes on 1 at exactly the next rows."""
+    shards = ShardSet(lm_shards, "train")
+    one = PackedLMLoader(shards, 32, 4, seed=5)
+    ranks = [PackedLMLoader(shards, 32, 4, seed=5, rank=r, world_size=2) for r in range(2)]
+    rows = lambda batch: {tuple(x) for x in batch["input_ids"].tolist()}  # noqa: E731
+    for _ in range(3):
+        assert rows(one.next_batch()) | rows(one.next_batch()) == rows(ranks[0].next_batch()) | rows(ranks[1].next_batch())
+    assert ranks[0].state_dict() == ranks[1].state_dict()
+    resumed = PackedLMLoader(shards, 32, 4, seed=5)
+    resumed.load_state_dict(ranks[0].state_dict())
+    assert all(torch.equal(resumed.next_batch()["input_ids"], one.next_batch()["input_ids"]) for _ in range(4))
+    five = PackedLMLoader(shards, 32, 4, seed=5, rank=0, world_size=5)
+    with pytest.raises(UserError, match="not a multiple of 5"):
+        five.load_state_dict(ranks[0].state_dict())  # 24 rows read: 5 ranks cannot share that position
+
+
 def test_resume_on_other_data_is_refused(lm_shards, tmp_path):
     state = PackedLMLoader(ShardSet(lm_shards, "train"), 32, 4).state_dict()
     (tmp_path / "b.txt").write_text("\n".join(sentences(3000, 9)) + "\n")
@@ -294,6 +312,16 @@ def test_example_batches_resume_and_split_across_ranks(cls_shards):
     b = ExampleLoader(shards, "classify", max_len=64, max_tokens=512, seed=2, window=256)
     b.load_state_dict(a.state_dict())
     assert all(torch.equal(b.next_batch()["input_ids"], stream[i]) for i in range(55, 120))
+    # a position saved by 2 ranks (after whole blocks of 2 batches) resumes on 1 at the next batch
+    pair = [ExampleLoader(shards, "classify", max_len=64, max_tokens=512, seed=2, window=256, rank=r, world_size=2)
+            for r in range(2)]
+    for _ in range(20):
+        for loader in pair:
+            loader.next_batch()
+    assert pair[0].state_dict() == pair[1].state_dict()
+    c = ExampleLoader(shards, "classify", max_len=64, max_tokens=512, seed=2, window=256)
+    c.load_state_dict(pair[1].state_dict())
+    assert all(torch.equal(c.next_batch()["input_ids"], stream[i]) for i in range(40, 60))
     # two ranks split each epoch's batches: together every example exactly once
     seen = []
     for rank in range(2):

@@ -14,6 +14,7 @@ import torch
 from helpers import ROOT, TINY, run_cli, train_rows, write_jsonl
 from safetensors.torch import load_file
 
+import bigbatch
 from bigbatch.config import load_config
 from bigbatch.data.pipeline import build_data, shard_dir_for
 from bigbatch.nn.models import build_model
@@ -142,6 +143,9 @@ def test_fsdp_checkpoint_resumes_on_one_and_on_two_ranks(tmp_path):
             assert got[step] == pytest.approx(reference[step], rel=1e-5), (run.name, step)
     # the consolidated weights are those a one-process run would load
     assert_same_weights(weights(on_one, 6), weights(full, 6), atol=1e-5)
+    model, _ = bigbatch.load(full)  # what eval / generate read, whatever the world size
+    saved, state = weights(full, 6), model.state_dict()
+    assert all(torch.equal(state[k], saved[k]) for k in saved)
 
 
 def test_a_killed_rank_ends_the_job_with_its_rank_named(tmp_path):

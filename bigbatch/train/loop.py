@@ -141,7 +141,6 @@ def _train(cfg: Config, run_dir, progress: bool, dist: Dist, device: torch.devic
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, micro_batch_size=micro))
     if dist.is_main:
         _print_header(cfg, model, plan, device, fpt, data, strategy)
-    probe(model, cfg, rows_per_micro_batch(cfg, plan.micro), device, precision)  # an OOM now, not hours in
     if cfg.train.activation_checkpointing:
         apply_ac(model)
     if cfg.train.compile:
@@ -150,6 +149,9 @@ def _train(cfg: Config, run_dir, progress: bool, dist: Dist, device: torch.devic
         model = apply_ddp(model, device)
     elif strategy == "fsdp":
         model = apply_fsdp(model, cfg.train.precision)
+    probe(model, cfg, rows_per_micro_batch(cfg, plan.micro), device, precision)  # an OOM now, not hours in
+    if strategy == "ddp":
+        model.local_grad_norm.take()  # the probe's gradient is not training's
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.max_steps)
     if dist.enabled:
@@ -287,7 +289,7 @@ def _step(ctx: _Context, precision: Precision, step: int, signalled: bool = Fals
                 loss_sum, _, _ = objective(ctx.model, batch)
             scaler.scale(loss_sum / n_total).backward()
         loss_total += loss_sum.detach()
-        if i == 0 and len(micro) > 1 and ctx.strategy == "none":  # |G_small|² of the first micro-batch
+        if i == 0 and len(micro) > 1 and not dist.enabled and ctx.strategy != "fsdp":  # |G_small|²: first micro-batch
             sq_small = float(_grad_sq_norm(ctx.model)) * (n_total / micro[0]["n_targets"] / scaler.get_scale()) ** 2
             b_small = micro[0]["n_targets"]
     if dist.enabled:
