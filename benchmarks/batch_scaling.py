@@ -142,9 +142,9 @@ def main():
     p.add_argument("--reuse", action="store_true", help="keep runs that already have a result.json")
     args = p.parse_args()
     work = Path(args.work)
-    plan = [(f"x1-adamw-{lr:g}", 1, "adamw", "none", lr) for lr in (1e-3, 2e-3)]
-    plan += [(f"x4-adamw-{lr:g}", 4, "adamw", "none", lr) for lr in (2e-3, 4e-3, 8e-3)]
-    plan += [(f"x16-adamw-{lr:g}", 16, "adamw", "none", lr) for lr in (4e-3, 8e-3, 1.6e-2)]
+    plan = [(f"x1-adamw-{lr:g}", 1, "adamw", "none", lr) for lr in (1e-3, 2e-3, 4e-3)]
+    plan += [(f"x4-adamw-{lr:g}", 4, "adamw", "none", lr) for lr in (1e-3, 2e-3, 4e-3, 8e-3)]
+    plan += [(f"x16-adamw-{lr:g}", 16, "adamw", "none", lr) for lr in (1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2)]
     plan += [("x16-lamb-sqrt", 16, "lamb", "sqrt", 2e-3), ("x16-lamb-1.6e-02", 16, "lamb", "none", 1.6e-2)]
     results = [_cached(work / name, args.reuse, run, name, k, o, rule, lr, args.budget, work)
                for name, k, o, rule, lr in plan]

@@ -41,8 +41,9 @@ class NoiseScale:
 
     @property
     def value(self) -> float | None:
-        """B_simple in targets, or None before the first update or while |G|² is not yet positive."""
-        if self.g2 is None or self.g2 <= 0:
+        """B_simple in targets, or None before the first update or while the smoothed |G|² or tr(Σ) is not
+        yet positive (early estimates can be negative: each is a difference of noisy terms)."""
+        if self.g2 is None or self.g2 <= 0 or self.trace <= 0:
             return None
         return self.trace / self.g2
 
