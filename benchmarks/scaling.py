@@ -58,21 +58,22 @@ def comm_model(bandwidth_gbs: float, gpus: int, params: float, tokens_per_gpu: i
     f = (gpus - 1) / gpus
     ddp = 2 * f * 4 * params
     fsdp = micro_batches * 2 * f * 2 * params + f * 4 * params
+    keep = micro_batches * f * 2 * params + f * 4 * params  # train.fsdp_reshard=false: one all-gather per micro-batch
     compute = 6 * params * tokens_per_gpu / (peak_flops * mfu)
-    return {"ddp_gb": ddp / 1e9, "fsdp_gb": fsdp / 1e9, "ddp_s": ddp / (bandwidth_gbs * 1e9),
+    return {"ddp_gb": ddp / 1e9, "fsdp_gb": fsdp / 1e9, "keep_gb": keep / 1e9, "ddp_s": ddp / (bandwidth_gbs * 1e9),
             "fsdp_s": fsdp / (bandwidth_gbs * 1e9), "compute_s": compute,
             "ddp_mem_gb": 16 * params / 1e9, "fsdp_mem_gb": 16 * params / gpus / 1e9}
 
 
 def print_model() -> None:
-    print("| model | GPUs | link | micro-batches | DDP GB/step | FSDP GB/step | DDP comm s | FSDP comm s | "
-          "compute s | state GB/GPU DDP | FSDP |")
+    print("| model | GPUs | link | micro-batches | DDP GB/step | FSDP GB/step (fsdp_reshard=false) | DDP comm | "
+          "FSDP comm | compute | state GB/GPU DDP | FSDP |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name, params in (("124M", 124e6), ("1.3B", 1.3e9)):
         for gpus, link, bw in ((8, "NVLink 300 GB/s", 300.0), (64, "IB 50 GB/s", 50.0)):
             for micro in (1, 8):
                 m = comm_model(bw, gpus, params, tokens_per_gpu=micro * 8 * 1024, micro_batches=micro)
-                print(f"| {name} | {gpus} | {link} | {micro} x 8 x 1024 tok | {m['ddp_gb']:.2f} | {m['fsdp_gb']:.2f} | "
+                print(f"| {name} | {gpus} | {link} | {micro} x 8 x 1024 tok | {m['ddp_gb']:.2f} | {m['fsdp_gb']:.2f} ({m['keep_gb']:.2f}) | "
                       f"{m['ddp_s'] * 1e3:.1f} ms | {m['fsdp_s'] * 1e3:.1f} ms | {m['compute_s'] * 1e3:.0f} ms | "
                       f"{m['ddp_mem_gb']:.1f} | {m['fsdp_mem_gb']:.2f} |")
 

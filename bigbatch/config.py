@@ -165,6 +165,10 @@ class TrainConfig:
     """Several processes (torchrun / --nproc): ddp replicates the model and all-reduces gradients once per
     step; fsdp (FSDP2) shards parameters, gradients and optimiser state per block; auto = ddp when there
     is more than one process, none otherwise."""
+    fsdp_reshard: bool = True
+    """fsdp: free each block's gathered parameters after its forward (least memory; gathered again for
+    backward, for every micro-batch). False keeps them until backward: one all-gather per micro-batch
+    instead of two, for the memory of the unsharded blocks."""
     dist_timeout_s: float = 600.0
     """A collective that waits longer than this (a rank died or hangs) fails instead of hanging."""
     peak_flops: Optional[float] = None

@@ -56,11 +56,13 @@ def one_process(tmp_path_factory):
     return run_dir, overrides
 
 
-@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp", "fsdp-keep-gathered"])
 def test_two_ranks_equal_one_process(one_process, parallel, tmp_path):
     """2 ranks x 2 micro-batches of 2 rows == 1 process x 4 micro-batches: same weights after each step."""
     ref_dir, overrides = one_process
-    two_ranks(tmp_path / "two", overrides + [f"train.parallel={parallel}"])
+    extra = ["train.parallel=fsdp", "train.fsdp_reshard=false"] if parallel == "fsdp-keep-gathered" \
+        else [f"train.parallel={parallel}"]
+    two_ranks(tmp_path / "two", overrides + extra)
     for step in (1, 2):
         assert_same_weights(weights(ref_dir, step), weights(tmp_path / "two", step), atol=1e-6)
     ref, got = train_rows(ref_dir), train_rows(tmp_path / "two")

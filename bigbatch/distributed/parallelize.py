@@ -65,10 +65,11 @@ def apply_ddp(model: nn.Module, device: torch.device) -> nn.Module:
     return ddp
 
 
-def apply_fsdp(model: nn.Module, precision: str) -> nn.Module:
+def apply_fsdp(model: nn.Module, precision: str, reshard_after_forward: bool = True) -> nn.Module:
     """FSDP2: fully_shard each Block, then the root (embeddings, final norm, head: tied weights stay
     together there). bf16 computes in bf16 and reduces gradients in fp32. Gradients are summed over
-    ranks, as under DDP."""
+    ranks, as under DDP. ``reshard_after_forward`` False keeps each block's parameters gathered from
+    its forward to its backward (one all-gather per micro-batch instead of two)."""
     try:
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     except ImportError:  # torch < 2.6
@@ -77,7 +78,7 @@ def apply_fsdp(model: nn.Module, precision: str) -> nn.Module:
     policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32 if dtype else None)
     for block in model.modules():
         if isinstance(block, Block):
-            fully_shard(block, mp_policy=policy)
+            fully_shard(block, mp_policy=policy, reshard_after_forward=reshard_after_forward)
     fully_shard(model, mp_policy=policy)
     for module in model.modules():
         if hasattr(module, "set_requires_gradient_sync"):  # each sharded unit: sum, plain SUM ops (gloo too)

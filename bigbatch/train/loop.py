@@ -148,7 +148,7 @@ def _train(cfg: Config, run_dir, progress: bool, dist: Dist, device: torch.devic
     if strategy == "ddp":
         model = apply_ddp(model, device)
     elif strategy == "fsdp":
-        model = apply_fsdp(model, cfg.train.precision)
+        model = apply_fsdp(model, cfg.train.precision, cfg.train.fsdp_reshard)
     probe(model, cfg, rows_per_micro_batch(cfg, plan.micro), device, precision)  # an OOM now, not hours in
     if strategy == "ddp":
         model.local_grad_norm.take()  # the probe's gradient is not training's
