@@ -72,6 +72,33 @@ def test_two_ranks_equal_one_process(one_process, parallel, tmp_path):
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-5)
 
 
+def test_two_nodes_by_the_documented_torchrun_lines(one_process, tmp_path):
+    """docs/distributed.md's two-machine example, both "machines" on this one: one torchrun per node
+    (--nnodes 2 --node-rank 0/1, master address and port), each node's local rank 0 preparing the data
+    into the same cache at once (they take turns on a lock). Same weights as one process."""
+    import socket
+
+    ref_dir, overrides = one_process
+    source = tmp_path / "corpus.txt"  # data no run has prepared yet
+    source.write_text((ROOT / "bigbatch" / "train" / "loop.py").read_text() * 40)
+    overrides = overrides + [f"data.source={source}", "data.text_per_line=true"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(node),
+                               "--nproc-per-node", "1", "--master-addr", "127.0.0.1", "--master-port", str(port),
+                               "-m", "bigbatch", "train", str(TINY), "--run-dir", str(tmp_path / "run"),
+                               "--no-progress", *sets(*overrides)],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for node in (0, 1)]
+    outputs = [n.communicate(timeout=300)[0] for n in nodes]
+    assert [n.returncode for n in nodes] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    assert "ranks 2 (ddp)" in outputs[0]
+    one = tmp_path / "one"
+    train(load_config(TINY, overrides), one, progress=False)
+    assert_same_weights(weights(one, 2), weights(tmp_path / "run", 2), atol=1e-6)
+
+
 def test_ddp_noise_scale_uses_per_rank_and_all_reduced_gradients(one_process, tmp_path):
     """Under DDP, |G_small|² is each rank's own gradient (B/2 targets) and |G_big|² the all-reduced one."""
     _, overrides = one_process

@@ -9,6 +9,7 @@ times), the tokenizer and the settings, so unchanged data is never tokenised twi
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import itertools
 import json
@@ -230,11 +231,22 @@ def is_prepared(out: Path, fp: str) -> bool:
 def prepare(spec: PrepareSpec, out: str | Path | None = None, progress: bool = True) -> Path:
     """Prepare ``spec`` into ``out`` (default: the cache, keyed by fingerprint); returns the directory.
 
-    A directory that already holds a complete manifest of the same fingerprint is reused as is.
+    A directory that already holds a complete manifest of the same fingerprint is reused as is. Processes
+    that prepare the same directory at once (two machines' local rank 0 on a shared cache) take turns on a
+    lock file: the first prepares, the others find its manifest.
     """
     out, fp = prepared_dir(spec, out)
     if is_prepared(out, fp):
         return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".{out.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process preparing the same directory: wait for it, reuse its work
+        if is_prepared(out, fp):
+            return out
+        return _prepare_locked(spec, out, fp, progress)
+
+
+def _prepare_locked(spec: PrepareSpec, out: Path, fp: str, progress: bool) -> Path:
     if (out / "manifest.json").exists():
         print(f"{out}: the data or settings changed since it was prepared; preparing again", file=sys.stderr)
         shutil.rmtree(out)
