@@ -20,7 +20,7 @@ def cmd_train(args) -> int:
     from bigbatch.train.loop import train
 
     cfg = load_config(args.config, args.set, base=None if args.config else default_lm())
-    if args.nproc and "LOCAL_RANK" not in os.environ:
+    if args.nproc is not None and "LOCAL_RANK" not in os.environ:
         return _launch(args, cfg)
     run_dir = args.run_dir
     if args.resume and run_dir is None:
@@ -49,8 +49,8 @@ def _launch(args, cfg) -> int:
         raise UserError(f"--nproc {args.nproc}: expected a number of processes >= 1")
     plan_batch(cfg, args.nproc)
     argv = list(sys.argv[1:] if args.argv is None else args.argv)
-    i = argv.index("--nproc")
-    del argv[i : i + 2]
+    i = next(k for k, a in enumerate(argv) if a == "--nproc" or a.startswith("--nproc="))
+    del argv[i : i + (1 if "=" in argv[i] else 2)]
     if args.run_dir is None and not args.resume:  # every rank must write to the same run directory
         argv += ["--run-dir", str(Path("runs") / time.strftime("%Y%m%d-%H%M%S"))]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
@@ -232,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="resume --run-dir, or the newest run under ./runs")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--json", action="store_true", help="print the summary as one JSON object")
-    t.add_argument("--nproc", type=int, default=0, metavar="N",
+    t.add_argument("--nproc", type=int, default=None, metavar="N",
                    help="run N processes on this machine through torchrun (data parallel: train.parallel)")
     t.set_defaults(func=cmd_train)
 

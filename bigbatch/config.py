@@ -242,6 +242,8 @@ class Config:
         if self.optim.reference_batch is None and self.optim.warmup_steps >= self.train.max_steps:
             raise UserError(f"optim.warmup_steps={self.optim.warmup_steps} must be smaller than "
                             f"train.max_steps={self.train.max_steps}")
+        if self.task == "lm" and self.data.seq_len > self.model.max_len:  # before any data is prepared
+            raise UserError(f"data.seq_len={self.data.seq_len} is longer than model.max_len={self.model.max_len}")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

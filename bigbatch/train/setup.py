@@ -84,8 +84,6 @@ def resolve_config(cfg: Config, data: TaskData) -> Config:
             raise UserError(f"model.num_classes={model.num_classes} but the data has {n} labels")
     if cfg.task != "lm" and model.pad_id is None:
         model = dataclasses.replace(model, pad_id=tok.pad_id)
-    if cfg.task == "lm" and cfg.data.seq_len > model.max_len:
-        raise UserError(f"data.seq_len={cfg.data.seq_len} is longer than model.max_len={model.max_len}")
     return dataclasses.replace(cfg, model=model)
 
 
