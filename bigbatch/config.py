@@ -26,28 +26,30 @@ Task = Literal["lm", "classify", "translate"]
 class ModelConfig:
     vocab_size: int = 0
     """Token vocabulary size; 0 = take it from the tokenizer."""
-    d_model: int = 256
-    """Width of the residual stream."""
-    n_heads: int = 4
-    """Attention heads per layer; d_model must be divisible by it."""
-    n_layers: int = 4
-    """Transformer blocks (decoder-only LM, encoder-only classifier)."""
+    d_model: Optional[int] = None
+    """Width of the residual stream; None = chosen from the data size and the budget (train/defaults.py)."""
+    n_heads: Optional[int] = None
+    """Attention heads per layer; d_model must be divisible by it; None = d_model / 64."""
+    n_layers: Optional[int] = None
+    """Transformer blocks (decoder-only LM, encoder-only classifier); None = chosen with d_model."""
     n_encoder_layers: Optional[int] = None
     """Encoder blocks of a seq2seq model; None = n_layers."""
     n_decoder_layers: Optional[int] = None
     """Decoder blocks of a seq2seq model; None = n_layers."""
     d_ff: Optional[int] = None
     """Hidden width of the feed-forward layer; None = 4 * d_model."""
-    dropout: float = 0.0
-    """Dropout on embeddings, attention weights and residual branches."""
+    dropout: Optional[float] = None
+    """Dropout on embeddings, attention weights and residual branches; None = 0.1 for classify / translate,
+    0 for lm (one pass over much data) or 0.1 for an lm that repeats its data many times."""
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"
     """Normalisation layer."""
     norm_first: bool = True
     """Pre-norm (True, GPT-2 style) or post-norm (False, the original Transformer)."""
     pos: Literal["sinusoidal", "learned", "rope"] = "learned"
     """Positional encoding: fixed sinusoids, a learned table, or rotary (RoPE)."""
-    max_len: int = 256
-    """Longest sequence the positional encoding covers."""
+    max_len: Optional[int] = None
+    """Longest sequence the positional encoding covers (longer inputs are cut); None = lm: data.seq_len,
+    classify / translate: the 99th percentile of the training lengths (at most 512)."""
     activation: Literal["gelu", "gelu_tanh", "relu"] = "gelu"
     """Feed-forward non-linearity."""
     bias: bool = True
@@ -65,6 +67,8 @@ class ModelConfig:
         _positive(self, "d_model", "n_heads", "n_layers", "max_len")
         _non_negative(self, "vocab_size", "num_classes")
         _fraction(self, "dropout")
+        if self.d_model is None or self.n_heads is None:
+            return  # resolved later (train/defaults.py), then checked again
         if self.d_model % self.n_heads:
             raise UserError(
                 f"model.d_model={self.d_model} must be divisible by model.n_heads={self.n_heads}"
@@ -81,10 +85,11 @@ class DataConfig:
     """Validation data; None = the source's own deterministic valid split."""
     test_source: Optional[str] = None
     """Test data; None = the source's own deterministic test split."""
-    tokenizer: str = "byte"
-    """byte (UTF-8 bytes), bpe or unigram (trained on the data), or a tokenizer.json / HF tokenizer directory."""
-    vocab_size: int = 8000
-    """Entries of a trained (bpe / unigram) tokenizer."""
+    tokenizer: str = "auto"
+    """byte (UTF-8 bytes), bpe or unigram (trained on the data), or a tokenizer.json / HF tokenizer directory;
+    auto = bpe for classify / translate and for prose, byte for a language model of source code."""
+    vocab_size: int = 0
+    """Entries of a trained (bpe / unigram) tokenizer; 0 = sized to the data (2k-32k by the source's size)."""
     tokenizer_sample_mb: float = 20.0
     """Megabytes of training text a tokenizer is trained on."""
     text_per_line: bool = False
@@ -111,18 +116,22 @@ class DataConfig:
     """Tokens per training row of a language model (the context length)."""
 
     def __post_init__(self):
-        _positive(self, "seq_len", "vocab_size", "shard_tokens", "tokenizer_sample_mb")
+        _positive(self, "seq_len", "shard_tokens", "tokenizer_sample_mb")
+        _non_negative(self, "vocab_size")
         _non_negative(self, "num_workers")
 
 
 @dataclass
 class TrainConfig:
-    max_steps: int = 1000
-    """Optimiser steps to run."""
+    max_steps: Optional[int] = None
+    """Optimiser steps to run; None = what train.epochs takes (the limits that are set: whichever comes first)."""
+    epochs: Optional[float] = None
+    """Passes over the training split; None = chosen from the data size when no other limit is set (see
+    train/defaults.py), e.g. many for a small data set, one for a large one."""
     max_tokens: Optional[int] = None
     """Stop after this many training tokens (whichever of the limits comes first)."""
     max_time_s: Optional[float] = None
-    """Stop after this many seconds of training."""
+    """Stop after this many seconds of training; the learning-rate schedule decays over the end of it."""
     global_batch_size: Optional[int] = None
     """Examples (LM: rows of seq_len tokens) per optimiser step."""
     global_batch_tokens: Optional[int] = None
@@ -149,12 +158,26 @@ class TrainConfig:
     """Compile the model with torch.compile."""
     seed: int = 0
     """Seed of initialisation, data order and dropout."""
-    eval_every: int = 200
-    """Evaluate on the validation split every this many steps (0 = only at the end)."""
-    eval_batches: int = 20
-    """Micro-batches in a periodic evaluation (the final evaluation reads the whole split)."""
-    save_every: int = 500
-    """Write a checkpoint every this many steps (0 = only at the end)."""
+    eval_every: Optional[int] = None
+    """Evaluate on the validation split every this many steps (0 = only at the end); None = about 10
+    evaluations over the run (by steps, or by train.max_time_s when the run is bounded by time)."""
+    eval_every_s: Optional[float] = None
+    """Also evaluate every this many seconds of training (None = by steps only)."""
+    eval_batches: Optional[int] = None
+    """Micro-batches in a periodic evaluation; None = lm: 20, classify / translate: the whole split up to
+    train.eval_examples (the final evaluation reads the whole split)."""
+    eval_examples: int = 5000
+    """classify / translate: periodic evaluations score a fixed seeded sample of this many validation
+    examples (translation BLEU: at most 500 sentences) when eval_batches is None."""
+    best_metric: Literal["auto", "loss", "accuracy", "macro_f1", "bleu"] = "auto"
+    """Validation metric that chooses checkpoints/best; auto = accuracy (classify), bleu (translate), loss (lm)."""
+    patience: Optional[int] = None
+    """Stop after this many evaluations in a row without a better best_metric (None = never stop early)."""
+    label_smoothing: Optional[float] = None
+    """Cross-entropy label smoothing in training (evaluation losses are plain); None = 0.1 for classify /
+    translate, 0 for lm."""
+    save_every: Optional[int] = None
+    """Write a checkpoint every this many steps (0 = only at the end); None = at every evaluation."""
     keep_last: int = 2
     """Checkpoints kept on disk."""
     log_every: int = 10
@@ -179,9 +202,11 @@ class TrainConfig:
     """Language models: length of the sample printed at the end."""
 
     def __post_init__(self):
-        _positive(self, "max_steps", "log_every", "keep_last", "eval_batches", "max_bad_steps")
+        _positive(self, "max_steps", "log_every", "keep_last", "eval_batches", "max_bad_steps", "epochs", "max_time_s",
+                  "eval_every_s", "eval_examples", "patience")
         _positive(self, "global_batch_size", "global_batch_tokens", "micro_batch_size", "micro_batch_tokens", "max_tokens",
                   "memory_budget_gb", "peak_flops", "dist_timeout_s")
+        _fraction(self, "label_smoothing")
         _non_negative(self, "eval_every", "save_every", "grad_clip", "sample_tokens", "batch_warmup_steps")
         if self.global_batch_size and self.global_batch_tokens:
             raise UserError("set one of train.global_batch_size and train.global_batch_tokens, not both")
@@ -191,8 +216,8 @@ class TrainConfig:
 class OptimConfig:
     name: Literal["adamw", "lamb", "sgd"] = "adamw"
     """Optimiser: AdamW, LAMB (layer-wise trust ratio, You et al. 2019) or SGD with momentum."""
-    lr: float = 1e-3
-    """Peak learning rate."""
+    lr: Optional[float] = None
+    """Peak learning rate; None = chosen with the model size (train/defaults.py)."""
     base_lr: Optional[float] = None
     """The learning rate as given, before batch-size scaling (filled in by the trainer)."""
     weight_decay: float = 0.1
@@ -203,10 +228,14 @@ class OptimConfig:
     """Adam epsilon."""
     momentum: float = 0.9
     """SGD momentum."""
-    warmup_steps: int = 100
-    """Linear warm-up from 0 to the peak learning rate."""
-    schedule: Literal["constant", "linear", "cosine", "inverse_sqrt", "wsd"] = "cosine"
-    """Learning-rate shape after warm-up."""
+    warmup_steps: Optional[int] = None
+    """Linear warm-up from 0 to the peak learning rate, in steps; None = over the first warmup_fraction of
+    the run (of its steps, tokens or seconds, whichever limit is nearest)."""
+    warmup_fraction: float = 0.03
+    """Warm-up as a fraction of the run when warmup_steps is None."""
+    schedule: Literal["auto", "constant", "linear", "cosine", "inverse_sqrt", "wsd"] = "auto"
+    """Learning-rate shape after warm-up, over the run's progress (steps, tokens or time, whichever limit is
+    nearest); auto = wsd (warm-up, stable, decay over the last decay_fraction)."""
     min_lr_ratio: float = 0.1
     """Final learning rate of cosine / linear / wsd decay, as a fraction of the peak."""
     decay_fraction: float = 0.2
@@ -221,6 +250,7 @@ class OptimConfig:
 
     def __post_init__(self):
         _positive(self, "lr", "eps")
+        _fraction(self, "warmup_fraction")
         _non_negative(self, "weight_decay", "warmup_steps", "momentum")
         _positive(self, "reference_batch")
         _fraction(self, "min_lr_ratio", "decay_fraction")
@@ -239,10 +269,11 @@ class Config:
 
     def __post_init__(self):
         # with a reference batch the warm-up is rescaled first; the scheduler checks the result
-        if self.optim.reference_batch is None and self.optim.warmup_steps >= self.train.max_steps:
+        if (self.optim.reference_batch is None and self.optim.warmup_steps is not None and self.train.max_steps
+                and self.optim.warmup_steps >= self.train.max_steps):
             raise UserError(f"optim.warmup_steps={self.optim.warmup_steps} must be smaller than "
                             f"train.max_steps={self.train.max_steps}")
-        if self.task == "lm" and self.data.seq_len > self.model.max_len:  # before any data is prepared
+        if self.task == "lm" and self.model.max_len and self.data.seq_len > self.model.max_len:  # before any data is prepared
             raise UserError(f"data.seq_len={self.data.seq_len} is longer than model.max_len={self.model.max_len}")
 
     def to_dict(self) -> dict:

@@ -1,6 +1,7 @@
 """Objectives: (model, batch) -> (loss_sum, n_targets, logs). Sums, never means.
 
-The training loop divides the summed loss of every micro-batch by the number of targets in
+Training passes ``label_smoothing`` (a regulariser); evaluation leaves it at 0, so its losses are plain
+cross-entropy. The training loop divides the summed loss of every micro-batch by the number of targets in
 the whole global batch, once; that is what makes gradient accumulation and data parallelism
 exact when sequences are ragged and padded.
 """
@@ -13,14 +14,14 @@ from torch import Tensor
 IGNORE = -100
 
 
-def _token_loss(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+def _token_loss(logits: Tensor, labels: Tensor, label_smoothing: float = 0.0) -> tuple[Tensor, Tensor]:
     """Summed cross-entropy over labels != IGNORE, and their count. logits (..., V), labels (...)."""
     loss_sum = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1),
-                               ignore_index=IGNORE, reduction="sum")
+                               ignore_index=IGNORE, reduction="sum", label_smoothing=label_smoothing)
     return loss_sum, (labels != IGNORE).sum()
 
 
-def lm_objective(model, batch: dict) -> tuple[Tensor, Tensor, dict]:
+def lm_objective(model, batch: dict, label_smoothing: float = 0.0) -> tuple[Tensor, Tensor, dict]:
     """Next-token prediction. batch["input_ids"] (B, T + 1) packed rows; or input_ids (B, T) with
     labels (B, T) already shifted (IGNORE = no target) and an optional attention_mask."""
     ids = batch["input_ids"]
@@ -29,26 +30,28 @@ def lm_objective(model, batch: dict) -> tuple[Tensor, Tensor, dict]:
     else:
         inputs, labels = ids[:, :-1], ids[:, 1:]
     logits = model(inputs, attention_mask=batch.get("attention_mask"))
-    loss_sum, n = _token_loss(logits, labels)
+    loss_sum, n = _token_loss(logits, labels, label_smoothing)
     return loss_sum, n, {}
 
 
-def translate_objective(model, batch: dict) -> tuple[Tensor, Tensor, dict]:
+def translate_objective(model, batch: dict, label_smoothing: float = 0.0) -> tuple[Tensor, Tensor, dict]:
     """Teacher-forced translation. batch: src_ids (B, S), src_mask (B, S), tgt_ids (B, T + 1) =
     bos, target, eos, then padding; tgt_mask (B, T + 1) True on real tokens."""
     tgt, mask = batch["tgt_ids"], batch["tgt_mask"]
     labels = tgt[:, 1:].masked_fill(~mask[:, 1:].bool(), IGNORE)
     logits = model(batch["src_ids"], tgt[:, :-1], src_mask=batch.get("src_mask"))
-    loss_sum, n = _token_loss(logits, labels)
+    loss_sum, n = _token_loss(logits, labels, label_smoothing)
     return loss_sum, n, {}
 
 
-def classify_objective(model, batch: dict) -> tuple[Tensor, Tensor, dict]:
-    """Sequence classification: input_ids (B, T), attention_mask (B, T), labels (B,). One target per example."""
+def classify_objective(model, batch: dict, label_smoothing: float = 0.0) -> tuple[Tensor, Tensor, dict]:
+    """Sequence classification: input_ids (B, T), attention_mask (B, T), labels (B,). One target per example.
+    logs: "pred" (B,) the predicted classes, "correct" their count of hits."""
     logits = model(batch["input_ids"], batch.get("attention_mask"))
-    loss_sum = F.cross_entropy(logits.float(), batch["labels"], reduction="sum")
-    correct = (logits.argmax(dim=-1) == batch["labels"]).sum()
-    return loss_sum, batch["labels"].new_tensor(batch["labels"].numel()), {"correct": correct}
+    loss_sum = F.cross_entropy(logits.float(), batch["labels"], reduction="sum", label_smoothing=label_smoothing)
+    pred = logits.detach().argmax(dim=-1)
+    return loss_sum, batch["labels"].new_tensor(batch["labels"].numel()), {"pred": pred,
+                                                                           "correct": (pred == batch["labels"]).sum()}
 
 
 OBJECTIVES = {"lm": lm_objective, "translate": translate_objective, "classify": classify_objective}

@@ -1,5 +1,6 @@
 """Config: typed values, clear one-line errors naming the key (and file:line), presets and files that build."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,7 @@ from bigbatch.config import Config, load_config, parse_set
 from bigbatch.errors import UserError
 from bigbatch.nn.models import build_model
 from bigbatch.presets import PRESETS
+from bigbatch.train.defaults import DataStats, resolve_from_data
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
 
@@ -33,13 +35,15 @@ def test_bad_choice_lists_the_allowed_values():
     ("train.max_steps=ten", "expected an integer"),
     ("train.max_steps=0", "expected a number > 0"),
     ("model.dropout=1.5", r"expected a number in \[0, 1\]"),
-    ("model.d_model=30", "must be divisible by model.n_heads"),
+    ("model.d_model=30 model.n_heads=4", "must be divisible by model.n_heads"),
+    ("train.label_smoothing=2", r"expected a number in \[0, 1\]"),
+    ("train.epochs=0", "expected a number > 0"),
     ("optim.betas=[0.9]", "expected a list of 2 numbers"),
     ("train", "expected key=value"),
 ])
 def test_bad_values(item, message):
     with pytest.raises(UserError, match=message):
-        load_config(None, [item])
+        load_config(None, item.split(" "))
 
 
 def test_yaml_errors_name_file_and_line(tmp_path):
@@ -71,6 +75,9 @@ def test_parse_set_nests():
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_every_config_file_loads_and_builds(path):
     cfg = load_config(path)
+    if cfg.data.vocab_size == 0:  # what resolve_before_data would size from the source
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, vocab_size=8000))
+    cfg, _ = resolve_from_data(cfg, DataStats(n_examples=20_000, n_tokens=2_000_000, length_p99=60, n_labels=20))
     filled = {"vocab_size": cfg.model.vocab_size or 259, "num_classes": cfg.model.num_classes or 20}
     model = build_model(cfg.task, cfg.model.__class__(**{**cfg.model.__dict__, **filled}))
     assert sum(p.numel() for p in model.parameters()) > 0

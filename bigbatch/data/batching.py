@@ -160,12 +160,21 @@ class ExampleLoader:
     def next_batch(self) -> dict:
         return self.make_batch(*self._advance())
 
-    def eval_batches(self, max_batches: int | None = None):
-        """Every example of the split once (this rank's share), length-sorted per window, in order."""
+    def eval_batches(self, max_batches: int | None = None, max_examples: int | None = None, seed: int = 0):
+        """Every example of the split once (this rank's share), length-sorted per window, in order.
+
+        ``max_examples``: a seeded random sample of about that many examples instead (each example kept with
+        probability max_examples / n, so the sample is unbiased and the same for the same seed)."""
         done = 0
+        keep_p = max_examples / self.shards.n_examples if max_examples else 1.0
         for k, s in enumerate(self.shards.shards):
+            keep = _rng(seed, 7919, k).random(s.n_examples) < keep_p if keep_p < 1.0 else None
             for w in range(-(-s.n_examples // self.window)):
                 ids = np.arange(w * self.window, min((w + 1) * self.window, s.n_examples))
+                if keep is not None:
+                    ids = ids[keep[ids]]
+                    if len(ids) == 0:
+                        continue
                 for j, b in enumerate(self._sorted_cut(s, ids)):
                     if j % self.world != self.rank:
                         continue

@@ -137,6 +137,17 @@ def builtin_records(name: str, task: str) -> Iterator[tuple[str, dict]]:
     return gettext_pairs(task, arg or "de")
 
 
+def builtin_bytes(name: str) -> int:
+    """About how many bytes of text builtin:NAME holds (sizes of the files it reads; no parsing)."""
+    base, arg = _parse(name)
+    if base == "debian-descriptions":
+        from bigbatch.data.debian import index_files
+
+        return sum(p.stat().st_size for p in index_files()[1]) // 2  # Translation-en: about half is text
+    files = _stdlib_files()[1] if base == "python-stdlib" else _mo_files(arg or "de")
+    return sum(p.stat().st_size for p in files) // (1 if base == "python-stdlib" else 3)  # .mo: en + LANG + tables
+
+
 def builtin_fingerprint(name: str) -> list:
     """What identifies the builtin's inputs on this machine (file names, sizes, times)."""
     base, arg = _parse(name)

@@ -113,6 +113,27 @@ def _streams(spec: PrepareSpec) -> list[tuple[str, str, str | None]]:
     return streams
 
 
+def split_records(spec: PrepareSpec, split: str) -> Iterator[dict]:
+    """The raw records of one split ("train", "valid" or "test"), streamed in reading order: dicts with
+    "text" + "label" (classify), "src" + "tgt" (translate) or "text" (lm), split exactly as the shards are."""
+    if split not in ("train", "valid", "test"):
+        raise UserError(f"split {split!r}: expected train, valid or test")
+    bad = BadRows()
+    for _, source, fixed in _streams(spec):
+        if fixed not in (None, split) and _only_split(source, fixed) == fixed:
+            continue  # a whole source of another split: not read at all
+        for s, record in _records(source, fixed, spec, bad):
+            if s == split:
+                yield record
+
+
+def _only_split(source: str, fixed: str) -> str | None:
+    """``fixed`` when every record of ``source`` read with it lands in that split (no DatasetDict inside)."""
+    if source.startswith("builtin:") or not any(_dataset_dict_splits(p) for p in expand(source)):
+        return fixed
+    return None
+
+
 def _build_tokenizer(spec: PrepareSpec, out: Path):
     if spec.tokenizer == "byte":
         return ByteTokenizer(), None

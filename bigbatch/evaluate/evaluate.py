@@ -49,11 +49,9 @@ def evaluate(model, task: str, batches, device, autocast=contextlib.nullcontext,
     for batch, counts in stream:
         batch = _to(batch, device)
         with autocast():
-            s, n, _ = objective(model, batch)
-            if confusion is not None:
-                pred = model(batch["input_ids"], batch["attention_mask"]).argmax(-1)
-                if counts:
-                    np.add.at(confusion, (batch["labels"].cpu().numpy(), pred.cpu().numpy()), 1)
+            s, n, logs = objective(model, batch)
+            if confusion is not None and counts:
+                np.add.at(confusion, (batch["labels"].cpu().numpy(), logs["pred"].cpu().numpy()), 1)
         if counts:
             loss_sum += float(s)
             n_targets += int(n)
@@ -93,22 +91,35 @@ def unigram_bits_per_byte(train_tokens: np.ndarray, eval_tokens: np.ndarray, voc
 
 
 @torch.no_grad()
-def translation_scores(model, batches, tokenizer, device, beam: int = 1, max_sentences: int = 500) -> dict:
-    """Decode sources, detokenize, and score against the references with sacrebleu."""
+def translation_scores(model, batches, tokenizer, device, beam: int = 1, max_sentences: int | None = None,
+                       length_penalty: float = 1.0, progress: bool = False) -> dict:
+    """Decode the sources of ``batches`` (greedy, or beam search scoring log p / len^length_penalty),
+    detokenize, and score against the references with sacrebleu (corpus BLEU and chrF).
+
+    Every sentence of ``batches`` is scored unless ``max_sentences`` stops earlier; "sentences" says how many.
+    """
     import sacrebleu
+    from tqdm import tqdm
 
     from bigbatch.nn.generate import translate
 
+    was_training = model.training
     model.eval()
     hyps, refs = [], []
+    bar = tqdm(desc="decode", unit="sent", disable=not progress, mininterval=1.0)
     for batch in batches:
         out = translate(model, batch["src_ids"].to(device), tokenizer.bos_id, tokenizer.eos_id,
-                        max_new_tokens=model.config.max_len - 1, beam=beam, src_mask=batch["src_mask"].to(device))
+                        max_new_tokens=model.config.max_len - 1, beam=beam, length_penalty=length_penalty,
+                        src_mask=batch["src_mask"].to(device))
         hyps += [tokenizer.decode(o) for o in out]
         tgt, mask = batch["tgt_ids"], batch["tgt_mask"]
         refs += [tokenizer.decode(t[m][1:-1].tolist()) for t, m in zip(tgt, mask)]
-        if len(hyps) >= max_sentences:
+        bar.update(len(out))
+        if max_sentences is not None and len(hyps) >= max_sentences:
             break
-    hyps, refs = hyps[:max_sentences], refs[:max_sentences]
+    bar.close()
+    model.train(was_training)
+    if max_sentences is not None:
+        hyps, refs = hyps[:max_sentences], refs[:max_sentences]
     return {"bleu": sacrebleu.corpus_bleu(hyps, [refs]).score, "chrf": sacrebleu.corpus_chrf(hyps, [refs]).score,
             "sentences": len(hyps), "examples": list(zip(hyps[:3], refs[:3]))}

@@ -20,6 +20,12 @@ from bigbatch.nn.transformer import DecodeCache, Decoder, Encoder
 
 def _resolve(config: ModelConfig | None, overrides: dict, needs: tuple[str, ...]) -> ModelConfig:
     cfg = ModelConfig(**overrides) if config is None else dataclasses.replace(config, **overrides)
+    # keys a config leaves to the trainer's resolution (train/defaults.py) take fixed values when a model
+    # is built directly: d_model 256, 4 layers, d_model / 64 heads, 256 positions, no dropout
+    fixed = {"d_model": 256, "n_layers": 4, "max_len": 256, "dropout": 0.0}
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in fixed.items() if getattr(cfg, k) is None})
+    if cfg.n_heads is None:
+        cfg = dataclasses.replace(cfg, n_heads=max(1, cfg.d_model // 64) if cfg.d_model % 64 == 0 else 1)
     for name in needs:
         if getattr(cfg, name) <= 0:
             raise ValueError(f"model.{name} must be set (> 0) to build this model")

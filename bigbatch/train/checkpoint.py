@@ -91,9 +91,10 @@ def _consolidated(model, config: Config, dist: Dist) -> torch.nn.Module | None:
 
 
 def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, trainer_state: dict, config: Config,
-                    keep_last: int = 2, dist: Dist = ONE_PROCESS) -> Path:
-    """Write checkpoints/step_NNNNNNNN (the step, 8 digits) atomically, point ``latest`` at it, keep the
-    newest ``keep_last``. Called by every rank; ``trainer_state`` is rank 0's."""
+                    keep_last: int = 2, dist: Dist = ONE_PROCESS, best: bool = False) -> Path:
+    """Write checkpoints/step_NNNNNNNN (the step, 8 digits) atomically, point ``latest`` (and with ``best``,
+    ``best``) at it, keep the newest ``keep_last`` and the best. Called by every rank; ``trainer_state`` is
+    rank 0's."""
     final = ckpt_root / f"step_{step:08d}"
     tmp = ckpt_root / f".tmp-{final.name}"
     if dist.is_main:
@@ -118,30 +119,53 @@ def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, trainer_state:
             shutil.rmtree(final)
         os.replace(tmp, final)
         _write_text_atomic(ckpt_root / "latest", final.name + "\n")
+        if best:
+            _write_text_atomic(ckpt_root / "best", final.name + "\n")
+        kept = _named(ckpt_root, "best")
         steps = sorted(p for p in ckpt_root.glob("step_*") if p.is_dir())
         for old in steps[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
+            if old != kept:
+                shutil.rmtree(old, ignore_errors=True)
     dist.barrier()
     return final
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest complete checkpoint of a run, or None."""
-    pointer = Path(run_dir) / "checkpoints" / "latest"
-    if not pointer.exists():
+def _named(ckpt_root: Path, pointer: str) -> Path | None:
+    """The checkpoint directory a pointer file (latest, best) names, or None."""
+    path = Path(ckpt_root) / pointer
+    if not path.is_file():
         return None
-    ckpt = pointer.parent / pointer.read_text().strip()
+    ckpt = path.parent / path.read_text().strip()
     return ckpt if ckpt.is_dir() else None
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A run directory (-> its latest checkpoint) or a checkpoint directory -> the checkpoint."""
+def mark_best(ckpt_root: Path, step: int) -> None:
+    """Point checkpoints/best at the (existing) checkpoint of ``step``."""
+    _write_text_atomic(Path(ckpt_root) / "best", f"step_{step:08d}\n")
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint of a run, or None."""
+    return _named(Path(run_dir) / "checkpoints", "latest")
+
+
+def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:
+    """A run directory or a checkpoint directory -> the checkpoint.
+
+    ``which`` picks in a run directory: best (the best by the validation metric; latest where the run has
+    no best yet), latest, or a checkpoint's name (step_00001000)."""
     path = Path(path)
     if (path / "model.safetensors").exists():
         return path
     if not path.exists():
         raise UserError(f"{path}: no such run or checkpoint directory")
-    ckpt = latest_checkpoint(path)
+    root = path / "checkpoints"
+    if which not in ("best", "latest"):
+        if not (root / which / "model.safetensors").exists():
+            have = ", ".join(sorted(p.name for p in root.glob("step_*"))) or "none"
+            raise UserError(f"--checkpoint {which}: no such checkpoint in {root} (have: {have}; or best, latest)")
+        return root / which
+    ckpt = (_named(root, "best") if which == "best" else None) or _named(root, "latest")
     if ckpt is None:
         raise UserError(f"{path}: not a checkpoint and holds no checkpoints/latest (has the run saved one yet?)")
     return ckpt
@@ -157,11 +181,12 @@ def verify(ckpt: Path) -> None:
             raise UserError(f"{ckpt / name}: checksum mismatch; the checkpoint is corrupt")
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu"):
-    """bigbatch.load: a run or checkpoint directory -> (model in eval mode, Config)."""
+def load_model(path: str | Path, device: str | torch.device = "cpu", checkpoint: str = "best"):
+    """bigbatch.load: a run or checkpoint directory -> (model in eval mode, Config); in a run directory
+    ``checkpoint`` is best (default), latest or a step_N name."""
     from bigbatch.nn.models import build_model
 
-    ckpt = resolve_checkpoint(path)
+    ckpt = resolve_checkpoint(path, checkpoint)
     verify(ckpt)
     config = load_config(ckpt / "config.yaml")
     model = build_model(config.task, config.model)

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import random
 import signal
@@ -21,22 +22,24 @@ import torch
 from tqdm import tqdm
 
 from bigbatch.config import Config
-from bigbatch.data.pipeline import TaskData, build_data
+from bigbatch.data.pipeline import TaskData
 from bigbatch.distributed import process
 from bigbatch.distributed.parallelize import apply_ac, apply_compile, apply_ddp, apply_fsdp, gradient_sync
 from bigbatch.distributed.process import ONE_PROCESS, Dist
 from bigbatch.distributed.precision import Precision
 from bigbatch.errors import TrainingError, UserError
-from bigbatch.evaluate.evaluate import evaluate
+from bigbatch.evaluate.evaluate import evaluate, translation_scores
 from bigbatch.nn.models import build_model, count_parameters, flops_per_token
 from bigbatch.objectives import OBJECTIVES
-from bigbatch.train.checkpoint import latest_checkpoint, load_model, load_training_state, save_checkpoint, unwrap
+from bigbatch.train.checkpoint import (latest_checkpoint, load_model, load_training_state, mark_best, save_checkpoint,
+                                       unwrap)
 from bigbatch.train.memory import auto_micro_batch, probe, rows_per_micro_batch
 from bigbatch.train.metrics import MetricsLogger, peak_flops
 from bigbatch.train.noise import NoiseScale
 from bigbatch.train.optim import build_optimizer, build_scheduler, scale_for_batch
 from bigbatch.train.report import report
-from bigbatch.train.setup import BatchPlan, global_batch_for_scaling, plan_batch, resolve_config
+from bigbatch.train.setup import BatchPlan, global_batch_for_scaling, setup_run
+from bigbatch.train.validation import BLEU_SAMPLE, BestTracker, eval_due, metric_for, periodic_batches
 
 
 def _rng_state() -> dict:
@@ -112,21 +115,23 @@ def _strategy(cfg: Config, dist: Dist) -> str:
 def _train(cfg: Config, run_dir, progress: bool, dist: Dist, device: torch.device, strategy: str) -> dict:
     wall_start = time.time()
     progress = progress and dist.is_main
-    plan = plan_batch(cfg, dist.world_size)
-    data = build_data(cfg, plan.micro, dist.rank, dist.world_size, progress=progress, preparer=dist.local_rank == 0)
-    cfg = resolve_config(cfg, data)
-    optim, scaling = scale_for_batch(cfg.optim, global_batch_for_scaling(cfg, plan))
-    cfg = dataclasses.replace(cfg, optim=optim)
-    if scaling and dist.is_main:
-        print(scaling, file=sys.stderr)
-    valid = data.loader("valid")
-
-    torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
-    model = build_model(cfg.task, cfg.model).to(device)
     run_dir = Path(run_dir or dist.broadcast(str(Path("runs") / time.strftime("%Y%m%d-%H%M%S"))))
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
     ckpt = latest_checkpoint(run_dir)
+    setup = setup_run(cfg, device, dist, progress, saved=ckpt)
+    cfg, data, plan = setup.cfg, setup.data, setup.plan
+    optim, scaling = scale_for_batch(cfg.optim, global_batch_for_scaling(cfg, plan))
+    cfg = dataclasses.replace(cfg, optim=optim)
+    if dist.is_main:
+        if setup.notes:
+            print("resolved from the task and the data: " + "; ".join(setup.notes), file=sys.stderr)
+        if scaling:
+            print(scaling, file=sys.stderr)
+    valid = data.loader("valid")
+
+    torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
+    model = build_model(cfg.task, cfg.model).to(device)
     if ckpt is not None:
         _check_compatible(ckpt, cfg)
 
@@ -165,6 +170,7 @@ def _train(cfg: Config, run_dir, progress: bool, dist: Dist, device: torch.devic
         _restore_rng(saved["rng"], dist, cfg.train.seed)
         state = {"step": saved["step"], "tokens": saved["tokens"]}
         noise_state = saved.get("noise")
+        clocks = (saved.get("train_seconds", 0.0), saved.get("last_eval_clock", 0.0), saved.get("best"))
         if dist.is_main:
             print(f"resuming {run_dir} from {ckpt.name} (step {state['step']}, {state['tokens']:,} tokens)",
                   file=sys.stderr)
@@ -175,8 +181,14 @@ def _train(cfg: Config, run_dir, progress: bool, dist: Dist, device: torch.devic
                    MetricsLogger(run_dir, resume_step=state["step"] if ckpt else None, enabled=dist.is_main),
                    peak_flops(device, cfg.train.precision, cfg.train.peak_flops), fpt, dist=dist, strategy=strategy,
                    start_tokens=state["tokens"])
+    ctx.best = BestTracker(metric_for(cfg, strategy))
     if noise_state:
         ctx.noise.load_state_dict(noise_state)
+    if ckpt is not None:  # the budget, cadence and best-so-far carry over: a resumed run ends where it would have
+        ctx.train_seconds = ctx.clock = ctx.start_seconds = clocks[0]
+        ctx.last_eval_clock = clocks[1]
+        if clocks[2] and clocks[2]["metric"] == ctx.best.metric:
+            ctx.best.load_state_dict(clocks[2])
     try:
         with _StopSignal() as stop:
             _run(ctx, state, stop, progress)
@@ -220,6 +232,11 @@ class _Context:
     start_tokens: int = 0
     stopped: bool = False  # by a signal (on any rank)
     noise: NoiseScale = dataclasses.field(default_factory=NoiseScale)
+    best: BestTracker = dataclasses.field(default_factory=lambda: BestTracker("loss"))
+    clock: float = 0.0  # rank 0's train_seconds, the same on every rank: schedule, cadence and budget follow it
+    last_eval_clock: float = 0.0
+    early_stopped: bool = False
+    start_seconds: float = 0.0  # train_seconds at the start of this process (a resumed run's earlier time)
 
 
 def _print_header(cfg, model, plan, device, fpt, data: TaskData, strategy: str) -> None:
@@ -261,6 +278,7 @@ class _StepResult:
     applied: bool
     signalled: bool  # some rank was asked to stop by a signal
     time_up: bool  # rank 0's clock passed train.max_time_s
+    clock: float  # rank 0's seconds of training before this step: every rank's schedule and cadence follow it
 
 
 def _step(ctx: _Context, precision: Precision, step: int, signalled: bool = False, time_up: bool = False) -> _StepResult:
@@ -279,7 +297,7 @@ def _step(ctx: _Context, precision: Precision, step: int, signalled: bool = Fals
     n_total, tokens = (int(x) for x in dist.sum([n_local, tokens_local], ctx.device)) if dist.enabled \
         else (n_local, tokens_local)
     loss_total = torch.zeros((), device=ctx.device)
-    objective = OBJECTIVES[ctx.cfg.task]
+    objective = functools.partial(OBJECTIVES[ctx.cfg.task], label_smoothing=ctx.cfg.train.label_smoothing or 0.0)
     scaler = precision.scaler
     sq_small = b_small = None
     for i, batch in enumerate(micro):
@@ -295,9 +313,9 @@ def _step(ctx: _Context, precision: Precision, step: int, signalled: bool = Fals
     if dist.enabled:
         if ctx.strategy == "ddp":  # this rank's own gradient, taken before the all-reduce
             sq_local = float(ctx.model.local_grad_norm.take()) * (n_total / n_local / scaler.get_scale()) ** 2
-        loss_sum, sq_sum, signals, time_ups = dist.sum(
-            [float(loss_total), sq_local if ctx.strategy == "ddp" else 0.0, signalled, time_up and dist.is_main],
-            ctx.device)
+        loss_sum, sq_sum, signals, time_ups, clock = dist.sum(
+            [float(loss_total), sq_local if ctx.strategy == "ddp" else 0.0, signalled, time_up and dist.is_main,
+             ctx.train_seconds if dist.is_main else 0.0], ctx.device)
         loss_total = torch.tensor(loss_sum)
         if ctx.strategy == "ddp":
             sq_small, b_small = sq_sum / dist.world_size, n_total / dist.world_size
@@ -316,9 +334,9 @@ def _step(ctx: _Context, precision: Precision, step: int, signalled: bool = Fals
         ctx.optimizer.step()
     else:
         applied = False
-    ctx.scheduler.step()
     ctx.optimizer.zero_grad(set_to_none=True)
-    return _StepResult(float(loss_total), float(grad_norm), n_total, tokens, applied, signalled, time_up)
+    clock = clock if dist.enabled else ctx.train_seconds
+    return _StepResult(float(loss_total), float(grad_norm), n_total, tokens, applied, signalled, time_up, clock)
 
 
 def _grad_sq_norm(model: torch.nn.Module) -> torch.Tensor:
@@ -330,13 +348,38 @@ def _grad_sq_norm(model: torch.nn.Module) -> torch.Tensor:
 def _done(ctx: _Context, state: dict) -> bool:
     """max_steps or max_tokens reached (the same answer on every rank: both counts are global)."""
     t = ctx.cfg.train
-    return state["step"] >= t.max_steps or bool(t.max_tokens and state["tokens"] >= t.max_tokens)
+    return bool(t.max_steps and state["step"] >= t.max_steps) or bool(t.max_tokens and state["tokens"] >= t.max_tokens)
+
+
+def _progress(ctx: _Context, state: dict) -> float:
+    """Fraction of the run done: of its steps, tokens or seconds, whichever limit is nearest."""
+    t = ctx.cfg.train
+    done = [state["step"] / t.max_steps if t.max_steps else 0.0,
+            state["tokens"] / t.max_tokens if t.max_tokens else 0.0,
+            ctx.clock / t.max_time_s if t.max_time_s else 0.0]
+    return min(max(done), 1.0)
+
+
+class _Bar:
+    """tqdm over steps when only max_steps bounds the run, else over the run's progress (time / tokens)."""
+
+    def __init__(self, ctx: _Context, state: dict, enabled: bool):
+        t = ctx.cfg.train
+        self.by_steps = bool(t.max_steps) and not (t.max_tokens or t.max_time_s)
+        total, initial = (t.max_steps, state["step"]) if self.by_steps else (1000, int(_progress(ctx, state) * 1000))
+        self.bar = tqdm(total=total, initial=initial, unit="step" if self.by_steps else "‰", disable=not enabled,
+                        mininterval=1.0 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
+
+    def update(self, ctx: _Context, state: dict) -> None:
+        self.bar.update(1 if self.by_steps else int(_progress(ctx, state) * 1000) - self.bar.n)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def _run(ctx: _Context, state: dict, stop: _StopSignal, progress: bool) -> None:
     t, precision, bad_steps = ctx.cfg.train, Precision(ctx.cfg.train.precision, ctx.device), 0
-    bar = tqdm(total=t.max_steps, initial=state["step"], unit="step", disable=not progress,
-               mininterval=1.0 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
+    bar = _Bar(ctx, state, progress)
     window_loss, window_n, window_tokens, window_start = 0.0, 0, 0, time.perf_counter()
     ctx.model.train()
     while not _done(ctx, state):
@@ -361,7 +404,10 @@ def _run(ctx: _Context, state: dict, stop: _StopSignal, progress: bool) -> None:
         state["tokens"] += tokens
         window_loss, window_n, window_tokens = window_loss + loss_sum, window_n + n, window_tokens + tokens
         ctx.train_seconds += time.perf_counter() - step_start
-        bar.update(1)
+        ctx.clock = result.clock if ctx.dist.enabled else ctx.train_seconds
+        ctx.scheduler.progress = _progress(ctx, state)
+        ctx.scheduler.step()
+        bar.update(ctx, state)
         if state["step"] % t.log_every == 0 or state["step"] == t.max_steps:
             seconds = time.perf_counter() - window_start
             loss = float(window_loss) / window_n
@@ -374,16 +420,28 @@ def _run(ctx: _Context, state: dict, stop: _StopSignal, progress: bool) -> None:
             if hasattr(ctx.data.train, "padding_fraction"):
                 row["padding_fraction"] = ctx.data.train.padding_fraction
             ctx.logger.log(row)
-            bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps:,.0f}", refresh=False)
+            bar.bar.set_postfix(step=state["step"], loss=f"{loss:.3f}", tok_s=f"{tps:,.0f}", refresh=False)
             window_loss, window_n, window_tokens = 0.0, 0, 0
-        if t.eval_every and state["step"] % t.eval_every == 0 and state["step"] < t.max_steps:
-            _evaluate(ctx, state, t.eval_batches)
-        if t.save_every and state["step"] % t.save_every == 0:
+        last = _done(ctx, state) or result.time_up
+        saved = False
+        if not last and eval_due(ctx.cfg, state["step"], ctx.clock, ctx.last_eval_clock):
+            ctx.last_eval_clock = ctx.clock
+            improved = ctx.best.update(state["step"], _evaluate(ctx, state, final=False))
+            if improved or not t.save_every:
+                _save(ctx, state, best=improved)
+                saved = True
+        if t.save_every and state["step"] % t.save_every == 0 and not saved:
             _save(ctx, state)
         if state["step"] % t.log_every == 0:
             window_start = time.perf_counter()
         if result.signalled or result.time_up:  # ranks agree on these after the step
             ctx.stopped = result.signalled
+            break
+        if ctx.best.patience_spent(t.patience):
+            if ctx.dist.is_main:
+                print(f"early stop at step {state['step']}: {ctx.best.metric} has not improved for {ctx.best.since} "
+                      f"evaluations (best {ctx.best.value:.4f} at step {ctx.best.step})", file=sys.stderr)
+            ctx.early_stopped = True
             break
     bar.close()
     _save(ctx, state)
@@ -392,35 +450,54 @@ def _run(ctx: _Context, state: dict, stop: _StopSignal, progress: bool) -> None:
               f"{ctx.run_dir / 'checkpoints'}", file=sys.stderr)
 
 
-def _evaluate(ctx: _Context, state: dict, max_batches: int | None) -> dict:
-    """Validation on every rank (each its share of the split; sums added over the ranks)."""
+def _evaluate(ctx: _Context, state: dict, final: bool) -> dict:
+    """Validation on every rank (each its share of the split; sums added over the ranks); translation
+    BLEU / chrF decoded on rank 0 (a fixed seeded sample) and shared."""
     sharded = ctx.strategy == "fsdp"
     model = ctx.model if sharded else unwrap(ctx.model)  # DDP's forward is not needed to evaluate
-    result = evaluate(model, ctx.cfg.task, ctx.valid.eval_batches(max_batches), ctx.device,
+    batches = ctx.valid.eval_batches() if final else periodic_batches(ctx.cfg, ctx.valid)
+    result = evaluate(model, ctx.cfg.task, batches, ctx.device,
                       Precision(ctx.cfg.train.precision, ctx.device).autocast, ctx.valid.shards.bytes_per_token,
                       ctx.cfg.model.num_classes, dist=ctx.dist, lockstep=sharded and ctx.dist.enabled)
+    if ctx.cfg.task == "translate" and not sharded:
+        scores = None
+        if ctx.dist.is_main:
+            one_rank = dataclasses.replace(ctx.data, rank=0, world_size=1).loader("valid")
+            sample = BLEU_SAMPLE * (4 if final else 1)
+            scores = translation_scores(model, one_rank.eval_batches(max_examples=sample, seed=ctx.cfg.train.seed),
+                                        ctx.data.tokenizer, ctx.device, max_sentences=None)
+            scores = {"bleu": scores["bleu"], "chrf": scores["chrf"], "bleu_sentences": scores["sentences"]}
+        result.update(ctx.dist.broadcast(scores))
     ctx.logger.log({"step": state["step"], "tokens": state["tokens"], "split": "valid", **result})
     return result
 
 
-def _save(ctx: _Context, state: dict) -> None:
+def _save(ctx: _Context, state: dict, best: bool = False) -> None:
     """A checkpoint (every rank takes part): rank 0's data position (the same global position on all
-    ranks) and every rank's RNG state."""
+    ranks), every rank's RNG state, the run's clock and best-so-far; ``best`` marks it checkpoints/best."""
     rng = ctx.dist.gather(_rng_state())
     trainer_state = {"scheduler": ctx.scheduler.state_dict(), "data": ctx.data.train.state_dict(),
                      "rng": rng, "noise": ctx.noise.state_dict(), "world_size": ctx.dist.world_size,
-                     "parallel": ctx.strategy, **state}
+                     "parallel": ctx.strategy, "train_seconds": ctx.clock, "last_eval_clock": ctx.last_eval_clock,
+                     "best": ctx.best.state_dict(), **state}
     save_checkpoint(ctx.run_dir / "checkpoints", state["step"], ctx.model, ctx.optimizer, trainer_state,
-                    ctx.cfg, ctx.cfg.train.keep_last, ctx.dist)
+                    ctx.cfg, ctx.cfg.train.keep_last, ctx.dist, best=best)
 
 
 def _finish(ctx: _Context, state: dict, wall_s: float) -> dict:
-    """Final full validation on every rank; rank 0 then reports (plots, summary, sample)."""
-    result = _evaluate(ctx, state, None)
+    """Final full validation on every rank; the final model becomes best if it is; rank 0 then reports."""
+    result = _evaluate(ctx, state, final=True)
+    if ctx.best.update(state["step"], result) and ctx.dist.is_main:
+        mark_best(ctx.run_dir / "checkpoints", state["step"])
+    ctx.dist.barrier()
     if not ctx.dist.is_main:
         return {"run_dir": str(ctx.run_dir), "step": state["step"], "tokens": state["tokens"]}
-    tps = (state["tokens"] - ctx.start_tokens) / ctx.train_seconds if ctx.train_seconds else math.nan
-    plain = unwrap(ctx.model) if ctx.strategy != "fsdp" else load_model(ctx.run_dir, ctx.device)[0]
+    seconds = ctx.train_seconds - ctx.start_seconds
+    tps = (state["tokens"] - ctx.start_tokens) / seconds if seconds else math.nan
+    plain = unwrap(ctx.model) if ctx.strategy != "fsdp" else load_model(ctx.run_dir, ctx.device, "latest")[0]
+    best = {"best_metric": ctx.best.metric, "best_value": ctx.best.value, "best_step": ctx.best.step,
+            "early_stopped": ctx.early_stopped}
     return report(ctx.cfg, plain, ctx.data, ctx.valid, ctx.run_dir, ctx.device, ctx.logger, state, result,
                   {"tokens_per_s": tps, "train_seconds": ctx.train_seconds, "wall_seconds": wall_s,
-                   "noise_scale": ctx.noise.value, "world_size": ctx.dist.world_size, "parallel": ctx.strategy})
+                   "noise_scale": ctx.noise.value, "world_size": ctx.dist.world_size, "parallel": ctx.strategy,
+                   **best})

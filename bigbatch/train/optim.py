@@ -78,32 +78,56 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, foreach=True)
 
 
-def lr_factor(step: int, cfg: OptimConfig, max_steps: int) -> float:
-    """Multiplier of the peak learning rate at optimiser step ``step`` (0-based)."""
-    warmup = cfg.warmup_steps
-    if step < warmup:
-        return (step + 1) / warmup
+def lr_factor(step: int, cfg: OptimConfig, max_steps: int | None = None, progress: float | None = None) -> float:
+    """Multiplier of the peak learning rate at optimiser step ``step`` (0-based).
+
+    ``progress`` is the fraction of the run done, in [0, 1]: of its steps, tokens or seconds, whichever limit
+    is nearest (None = step / max_steps). Warm-up is ``warmup_steps`` steps, or (None) the first
+    ``warmup_fraction`` of the progress; the decay of cosine / linear / wsd follows the progress, so a run
+    bounded by time or tokens ends annealed whatever its speed.
+    """
+    if progress is None:
+        progress = step / max_steps if max_steps else 0.0
+    progress = min(max(progress, 0.0), 1.0)
+    if cfg.warmup_steps is not None:
+        warmup = cfg.warmup_steps
+        if step < warmup:
+            return (step + 1) / warmup
+        warm_progress = warmup / max_steps if max_steps else 0.0
+    else:
+        warm_progress = cfg.warmup_fraction
+        if progress < warm_progress:
+            return max(progress / warm_progress, 0.01)
     if cfg.schedule == "constant":
         return 1.0
     if cfg.schedule == "inverse_sqrt":  # Vaswani et al.: peak at the end of warm-up, then 1/√step
-        return math.sqrt(max(warmup, 1) / (step + 1))
+        if cfg.warmup_steps is not None:
+            return math.sqrt(max(cfg.warmup_steps, 1) / (step + 1))
+        return math.sqrt(warm_progress / max(progress, warm_progress, 1e-9))
     floor = cfg.min_lr_ratio
     if cfg.schedule == "wsd":  # warm-up, stable, then a linear decay over the last decay_fraction
-        decay_start = max_steps * (1.0 - cfg.decay_fraction)
-        if step < decay_start:
+        decay_start = 1.0 - cfg.decay_fraction
+        if progress < decay_start:
             return 1.0
-        progress = (step - decay_start) / max(max_steps - decay_start, 1)
-        return 1.0 - (1.0 - floor) * min(progress, 1.0)
-    progress = min((step - warmup) / max(max_steps - warmup, 1), 1.0)
+        return 1.0 - (1.0 - floor) * min((progress - decay_start) / max(cfg.decay_fraction, 1e-9), 1.0)
+    done = min((progress - warm_progress) / max(1.0 - warm_progress, 1e-9), 1.0)
     if cfg.schedule == "linear":
-        return 1.0 - (1.0 - floor) * progress
-    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))  # cosine
+        return 1.0 - (1.0 - floor) * done
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * done))  # cosine (auto resolves to wsd)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, max_steps: int):
-    if cfg.warmup_steps >= max_steps:
+class RunSchedule(torch.optim.lr_scheduler.LambdaLR):
+    """LambdaLR whose factor also sees the run's ``progress`` (set by the loop before each ``step()``)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, cfg: OptimConfig, max_steps: int | None):
+        self.progress = None if max_steps else 0.0
+        super().__init__(optimizer, lambda step: lr_factor(step, cfg, max_steps, self.progress))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, max_steps: int | None) -> RunSchedule:
+    if cfg.warmup_steps is not None and max_steps and cfg.warmup_steps >= max_steps:
         raise UserError(f"optim.warmup_steps={cfg.warmup_steps} must be smaller than train.max_steps={max_steps}")
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg, max_steps))
+    return RunSchedule(optimizer, cfg, max_steps)
 
 
 def scale_for_batch(cfg: OptimConfig, global_batch: int) -> tuple[OptimConfig, str]:
@@ -118,6 +142,10 @@ def scale_for_batch(cfg: OptimConfig, global_batch: int) -> tuple[OptimConfig, s
 
     base_lr = cfg.base_lr or cfg.lr
     base_warmup = cfg.base_warmup_steps if cfg.base_warmup_steps is not None else cfg.warmup_steps
+    if base_warmup is None:  # a fraction of the run: the same examples whatever the batch
+        scaled = dataclasses.replace(cfg, warmup_steps=0, base_warmup_steps=0)
+        out, note = scale_for_batch(scaled, global_batch)
+        return dataclasses.replace(out, warmup_steps=None, base_warmup_steps=None), note.replace(", warm-up 0 -> 0 steps", "")
     rule = cfg.scale_rule if cfg.scale_rule != "auto" else ("linear" if cfg.name == "sgd" else "sqrt")
     if cfg.reference_batch is None or rule == "none":
         return dataclasses.replace(cfg, base_lr=base_lr, base_warmup_steps=base_warmup, lr=base_lr,

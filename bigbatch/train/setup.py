@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import torch
 
-from bigbatch.config import Config
-from bigbatch.data.pipeline import TaskData
+from bigbatch.config import Config, load_config
+from bigbatch.data.pipeline import TaskData, build_data, shard_dir_for
+from bigbatch.data.shards import read_manifest
+from bigbatch.distributed.process import ONE_PROCESS, Dist
 from bigbatch.errors import UserError
+from bigbatch.train.defaults import DataStats, fill_unset_from, resolve_before_data, resolve_from_data
 
 
 @dataclasses.dataclass
@@ -85,6 +89,43 @@ def resolve_config(cfg: Config, data: TaskData) -> Config:
     if cfg.task != "lm" and model.pad_id is None:
         model = dataclasses.replace(model, pad_id=tok.pad_id)
     return dataclasses.replace(cfg, model=model)
+
+
+@dataclasses.dataclass
+class RunSetup:
+    """A run's resolved config, its data streams and batch plan, and the lines that say what was resolved."""
+
+    cfg: Config
+    data: TaskData
+    plan: BatchPlan
+    notes: list[str]
+
+
+def setup_run(cfg: Config, device: torch.device, dist: Dist = ONE_PROCESS, progress: bool = True,
+              saved: Path | None = None) -> RunSetup:
+    """Resolve every unset key, prepare (or reuse) the data, plan the batch and open the training stream.
+
+    ``saved``: a checkpoint of this run directory; keys the config leaves unset take its resolved values,
+    so a resumed run keeps its model, batch and budget. Every rank resolves the same config (a measured
+    device speed is rank 0's).
+    """
+    if saved is not None:
+        cfg = fill_unset_from(load_config(saved / "config.yaml"), cfg)
+    cfg, notes = resolve_before_data(cfg)
+    preparer = dist.local_rank == 0
+    shard_dir = shard_dir_for(cfg, progress, preparer)
+    stats = DataStats.from_shards(shard_dir, read_manifest(shard_dir), cfg.task)
+    peak = None
+    if cfg.train.max_time_s and (cfg.model.d_model is None or cfg.model.n_layers is None):
+        from bigbatch.train.bench import matmul_peak
+
+        peak = matmul_peak(str(device), n=1024, reps=5)["peak_flops"] if dist.is_main else None
+        peak = dist.broadcast(peak)
+    cfg, more = resolve_from_data(cfg, stats, dist.world_size, peak)
+    plan = plan_batch(cfg, dist.world_size)
+    data = build_data(cfg, plan.micro, dist.rank, dist.world_size, progress=progress, preparer=preparer)
+    cfg = resolve_config(cfg, data)
+    return RunSetup(cfg, data, plan, notes + more)
 
 
 def global_batch_for_scaling(cfg: Config, plan: BatchPlan) -> int:

@@ -1,0 +1,298 @@
+"""Task-aware defaults: every config key left unset (None / "auto" / 0) is resolved from the task, the data
+and the budget, printed at start-up and saved in config.yaml, so a config that names only the task, the
+data and ``train.max_time_s`` trains a sensible model.
+
+    resolve_before_data(cfg)              tokenizer and its vocabulary (they decide the shards)
+    resolve_from_data(cfg, manifest, ...) model size, max_len, batch, run length, regularisation, lr, cadences
+
+The numbers below are rules of thumb of the field, checked on this project's CPUs (docs/quality.md):
+    vocabulary   4k entries at 1 MB of text, doubling per 10x (2k .. 32k), like fairseq's and
+                 sentencepiece's usual 8k-32k for 10 MB - 1 GB corpora
+    model size   the largest row of MODEL_TABLE whose non-embedding parameters the run can feed with
+                 TOKENS_PER_PARAM tokens (Hoffmann et al. 2022 give ~20 for language models) within its
+                 budget: epochs x training tokens, train.max_tokens, or train.max_time_s x an estimate of
+                 this device's tokens/s from its measured matmul speed
+    lr           1e-3 at d_model 256, scaled by (256 / d_model)^0.5 (AdamW, warm-up, then decay)
+    regularise   dropout 0.1 and label smoothing 0.1 for classify / translate (Vaswani et al. 2017);
+                 weight decay on matrices only, never on biases and norms (optim.param_groups)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import numpy as np
+
+from bigbatch.config import Config
+from bigbatch.errors import UserError
+
+# (d_model, n_layers); n_heads = d_model / 64
+MODEL_TABLE = [(128, 2), (256, 2), (256, 4), (384, 6), (512, 8), (768, 12)]
+TOKENS_PER_PARAM = 20
+CPU_EFFICIENCY = 0.25  # training tokens/s ~ this x matmul peak / FLOPs per token, measured on small models here
+CODE_SUFFIXES = {".py", ".c", ".h", ".cc", ".cpp", ".hpp", ".js", ".ts", ".java", ".go", ".rs", ".rb", ".sh", ".pl"}
+
+
+def _replace(cfg: Config, section: str, **values) -> Config:
+    return dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **values)})
+
+
+# --------------------------------------------------------------------------- before the data is prepared
+
+
+def source_bytes(source: str) -> int:
+    """About how many bytes of text ``source`` holds (file sizes; compressed files counted x4)."""
+    from bigbatch.data.builtin import builtin_bytes
+    from bigbatch.data.sources import expand, fingerprint_files
+
+    if source.startswith("builtin:"):
+        return builtin_bytes(source[len("builtin:"):])
+    total = 0
+    for name, size, _ in fingerprint_files(expand(source)):
+        total += size * (4 if name.endswith((".gz", ".zst", ".xz", ".bz2")) else 1)
+    return total
+
+
+def vocab_for(n_bytes: int) -> int:
+    """Vocabulary size for a corpus of ``n_bytes``: 4k at 1 MB, x2 per 10x, in [2k, 32k], a multiple of 64."""
+    v = 4000 * 2 ** math.log10(max(n_bytes, 1) / 1e6)
+    return int(min(max(v, 2000), 32000)) // 64 * 64
+
+
+def _is_code(source: str) -> bool:
+    if source == "builtin:python-stdlib":
+        return True
+    if source.startswith("builtin:"):
+        return False
+    suffixes = {s.lower() for s in Path(source.replace("*", "x")).suffixes}
+    return bool(suffixes & CODE_SUFFIXES)
+
+
+def resolve_before_data(cfg: Config) -> tuple[Config, list[str]]:
+    """data.tokenizer and data.vocab_size (they are part of the shards' fingerprint)."""
+    notes = []
+    d = cfg.data
+    if d.tokenizer == "auto":
+        kind = "byte" if cfg.task == "lm" and _is_code(d.source) else "bpe"
+        why = "source code: bytes" if kind == "byte" else f"task {cfg.task}: subwords trained on the training split"
+        cfg = _replace(cfg, "data", tokenizer=kind)
+        notes.append(f"data.tokenizer={kind} ({why})")
+    if cfg.data.vocab_size == 0:
+        if cfg.data.tokenizer in ("bpe", "unigram"):
+            n = source_bytes(cfg.data.source)
+            cfg = _replace(cfg, "data", vocab_size=vocab_for(n))
+            notes.append(f"data.vocab_size={cfg.data.vocab_size} (source ~{n / 1e6:,.1f} MB)")
+        else:
+            cfg = _replace(cfg, "data", vocab_size=8000)  # unused by byte / file tokenizers; a stable fingerprint
+    return cfg, notes
+
+
+# --------------------------------------------------------------------------- once the data is known
+
+
+@dataclasses.dataclass
+class DataStats:
+    """What the resolution needs from a prepared directory: sizes and the lengths of training examples."""
+
+    n_examples: int
+    n_tokens: int
+    length_p99: int  # classify: the text; translate: max(source, target + 2); lm: 0
+    n_labels: int
+
+    @classmethod
+    def from_shards(cls, shard_dir: Path, manifest: dict, task: str) -> "DataStats":
+        train = manifest["splits"]["train"]
+        p99 = 0
+        if task != "lm":
+            lengths = []
+            for meta in train["shards"]:
+                if not meta["n_examples"]:
+                    continue
+                index = np.load(Path(shard_dir) / meta["idx"], mmap_mode="r")
+                step = max(1, len(index) // 20000)  # a strided sample: O(1) memory on any size
+                sample = index[::step]
+                n = sample["length"] if task == "classify" else np.maximum(sample["length"], sample["tgt_length"] + 2)
+                lengths.append(np.asarray(n))
+            p99 = int(np.percentile(np.concatenate(lengths), 99)) if lengths else 0
+        return cls(train["n_examples"], train["n_tokens"], p99, len(manifest.get("labels") or []))
+
+
+def _round_up(n: int, k: int) -> int:
+    return -(-n // k) * k
+
+
+def _heads_for(d_model: int) -> int:
+    """d_model / 64 heads where 64 divides d_model, else the most heads (at least 32 wide) that divide it."""
+    if d_model % 64 == 0:
+        return d_model // 64
+    return next(h for h in range(max(1, d_model // 32), 0, -1) if d_model % h == 0)
+
+
+def _block_params(d: int, layers: int, task: str) -> int:
+    per_block = 12 * d * d
+    return per_block * layers * (2 if task == "translate" else 1)  # encoder + decoder
+
+
+def estimate_tokens_per_s(peak_flops: float, d: int, layers: int, task: str, vocab: int) -> float:
+    """Training tokens/s of a model on a device of ``peak_flops``: 6 FLOPs per weight per token."""
+    weights = _block_params(d, layers, task) + (d * vocab if task != "classify" else 0)  # output projection
+    return CPU_EFFICIENCY * peak_flops / (6.0 * max(weights, 1))
+
+
+def choose_model(task: str, budget_tokens: float | None, time_s: float | None, peak_flops: float | None,
+                 vocab: int) -> tuple[int, int, float]:
+    """(d_model, n_layers, tokens the run can see) from MODEL_TABLE: the largest row it can feed."""
+    best = MODEL_TABLE[0] + (0.0,)
+    for d, layers in MODEL_TABLE:
+        tokens = budget_tokens if budget_tokens is not None else math.inf
+        if time_s is not None and peak_flops:
+            tokens = min(tokens, time_s * estimate_tokens_per_s(peak_flops, d, layers, task, vocab))
+        if tokens >= TOKENS_PER_PARAM * _block_params(d, layers, task):
+            best = (d, layers, tokens)
+    return best
+
+
+def default_epochs(train_tokens: int) -> int:
+    """Passes over the data when nothing else bounds the run: ~30M tokens in all, 1 to 50 epochs."""
+    return int(min(max(math.ceil(3e7 / max(train_tokens, 1)), 1), 50))
+
+
+def resolve_from_data(cfg: Config, stats: DataStats, world_size: int = 1,
+                      peak_flops: float | None = None) -> tuple[Config, list[str]]:
+    """Fill every unset key that depends on the data and the budget; returns the config and one note per key."""
+    notes: list[str] = []
+    _check_data(cfg, stats)
+    t, m = cfg.train, cfg.model
+    if cfg.task != "lm" and m.max_len is None:
+        max_len = int(min(max(_round_up(stats.length_p99, 8), 16), 512))
+        cfg = _replace(cfg, "model", max_len=max_len)
+        notes.append(f"model.max_len={max_len} (99th percentile of training lengths {stats.length_p99})")
+    elif m.max_len is None:
+        cfg = _replace(cfg, "model", max_len=cfg.data.seq_len)
+    cfg, batch_notes = _resolve_batch(cfg, stats, world_size)
+    notes += batch_notes
+    bounded = any(x is not None for x in (t.max_steps, t.max_tokens, t.max_time_s, t.epochs))
+    if t.epochs is None and not bounded:
+        cfg = _replace(cfg, "train", epochs=float(default_epochs(stats.n_tokens)))
+        notes.append(f"train.epochs={cfg.train.epochs:g} ({stats.n_tokens:,} training tokens)")
+    cfg, model_notes = _resolve_model(cfg, stats, peak_flops)
+    notes += model_notes
+    cfg, run_notes = _resolve_run(cfg, stats)
+    return cfg, notes + run_notes
+
+
+def _check_data(cfg: Config, stats: DataStats) -> None:
+    if cfg.task == "classify" and stats.n_labels < 2:
+        raise UserError(f"data.source={cfg.data.source!r}: the label column '{cfg.data.label_field}' has "
+                        f"{stats.n_labels} distinct value(s); classification needs at least 2")
+
+
+def _resolve_batch(cfg: Config, stats: DataStats, world_size: int) -> tuple[Config, list[str]]:
+    """classify / translate: token budgets sized to the data (fairseq's --max-tokens style)."""
+    t = cfg.train
+    if cfg.task == "lm" or t.micro_batch_tokens or t.micro_batch_size or t.global_batch_size:
+        return cfg, []
+    longest = _round_up(cfg.model.max_len + 1, 8)
+    total = t.global_batch_tokens
+    notes = []
+    if total is None:
+        # ~1000 steps per pass over the data, 2k .. 32k tokens; at least one longest example per rank
+        total = int(2 ** round(math.log2(max(stats.n_tokens / 1000, 1))))
+        total = min(max(total, 2048), 32768)
+    micro = max(min(total // world_size, 8192), longest)
+    total = max(_round_up(total, micro * world_size), micro * world_size)
+    if t.global_batch_tokens is None:
+        notes.append(f"train.global_batch_tokens={total:,} ({stats.n_tokens:,} training tokens)")
+    notes.append(f"train.micro_batch_tokens={micro:,}")
+    return _replace(cfg, "train", global_batch_tokens=total, micro_batch_tokens=micro), notes
+
+
+def _steps_per_epoch(cfg: Config, stats: DataStats) -> float:
+    t = cfg.train
+    if cfg.task == "lm":
+        rows = t.global_batch_tokens // cfg.data.seq_len if t.global_batch_tokens else (t.global_batch_size or 16)
+        return stats.n_tokens / (rows * cfg.data.seq_len)
+    if t.global_batch_tokens:
+        return stats.n_tokens * 1.15 / t.global_batch_tokens  # ~15% padding after length bucketing
+    return stats.n_examples / (t.global_batch_size or t.micro_batch_size or 32)
+
+
+def _resolve_model(cfg: Config, stats: DataStats, peak_flops: float | None) -> tuple[Config, list[str]]:
+    m, t = cfg.model, cfg.train
+    notes = []
+    if m.d_model is None or m.n_layers is None:
+        budgets = [x for x in ((t.epochs or 0) * stats.n_tokens, t.max_tokens,
+                               (t.max_steps or 0) * stats.n_tokens / max(_steps_per_epoch(cfg, stats), 1e-9)) if x]
+        vocab = cfg.data.vocab_size if cfg.data.tokenizer in ("bpe", "unigram") else 259
+        d, layers, seen = choose_model(cfg.task, min(budgets) if budgets else None, t.max_time_s, peak_flops, vocab)
+        if m.d_model is not None:
+            d = m.d_model
+        if m.n_layers is not None:
+            layers = m.n_layers
+        cfg = _replace(cfg, "model", d_model=d, n_layers=layers)
+        notes.append(f"model.d_model={d}, model.n_layers={layers} (about {seen / 1e6:,.1f}M training tokens "
+                     "in the budget)" if math.isfinite(seen) and seen else f"model.d_model={d}, model.n_layers={layers}")
+    if cfg.model.n_heads is None:
+        cfg = _replace(cfg, "model", n_heads=_heads_for(cfg.model.d_model))
+        notes.append(f"model.n_heads={cfg.model.n_heads}")
+    if cfg.model.dropout is None:
+        repeats = (t.epochs or 1) > 2 or cfg.task != "lm"
+        cfg = _replace(cfg, "model", dropout=0.1 if repeats else 0.0)
+        notes.append(f"model.dropout={cfg.model.dropout:g}")
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model))  # checks d_model % n_heads etc.
+    if cfg.task == "lm" and cfg.data.seq_len > cfg.model.max_len:
+        raise UserError(f"data.seq_len={cfg.data.seq_len} is longer than model.max_len={cfg.model.max_len}")
+    return cfg, notes
+
+
+def _resolve_run(cfg: Config, stats: DataStats) -> tuple[Config, list[str]]:
+    """Run length, cadences, label smoothing, learning rate and schedule."""
+    t, o = cfg.train, cfg.optim
+    notes, train, optim = [], {}, {}
+    if t.max_steps is None and t.epochs is not None:
+        train["max_steps"] = max(1, math.ceil(t.epochs * _steps_per_epoch(cfg, stats)))
+        notes.append(f"train.max_steps={train['max_steps']:,} ({t.epochs:g} epochs)")
+    max_steps = train.get("max_steps", t.max_steps)
+    if t.eval_every is None:
+        train["eval_every"] = max(1, max_steps // 10) if max_steps else 0
+        if t.max_time_s and t.eval_every_s is None:
+            train["eval_every_s"] = t.max_time_s / 10
+        notes.append("train.eval_every=" + (f"{train['eval_every']} steps" if train["eval_every"] else "0")
+                     + (f", train.eval_every_s={train['eval_every_s']:g}" if "eval_every_s" in train else ""))
+    if t.save_every is None:
+        train["save_every"] = 0  # checkpoints at every evaluation (and the end)
+    if t.label_smoothing is None:
+        train["label_smoothing"] = 0.1 if cfg.task != "lm" else 0.0
+        notes.append(f"train.label_smoothing={train['label_smoothing']:g}")
+    if t.eval_batches is None:
+        train["eval_batches"] = 20 if cfg.task == "lm" else 0
+    if o.lr is None:
+        optim["lr"] = float(f"{1e-3 * math.sqrt(256 / cfg.model.d_model):.2g}")
+        notes.append(f"optim.lr={optim['lr']:g} (d_model {cfg.model.d_model})")
+    if o.schedule == "auto":
+        optim["schedule"] = "wsd"
+        notes.append(f"optim.schedule=wsd (decay over the last {o.decay_fraction:.0%} of the run)")
+    if o.warmup_steps is None:
+        notes.append(f"optim.warmup: the first {o.warmup_fraction:.0%} of the run")
+    return dataclasses.replace(cfg, train=dataclasses.replace(t, **train),
+                               optim=dataclasses.replace(o, **optim)), notes
+
+
+def fill_unset_from(saved: Config, cfg: Config) -> Config:
+    """The keys ``cfg`` leaves to resolution, taken from ``saved`` (a run's resolved config.yaml), so that
+    resuming a run with the config that started it gives the same model and run length."""
+    sections = {}
+    for name in ("model", "data", "train", "optim"):
+        mine, theirs = getattr(cfg, name), getattr(saved, name)
+        unset = {f.name: getattr(theirs, f.name) for f in dataclasses.fields(mine)
+                 if _is_unset(name, f.name, getattr(mine, f.name))}
+        sections[name] = dataclasses.replace(mine, **unset)
+    return dataclasses.replace(cfg, **sections)
+
+
+def _is_unset(section: str, key: str, value) -> bool:
+    if value is None or value == "auto":
+        return True
+    return section == "data" and key == "vocab_size" and value == 0

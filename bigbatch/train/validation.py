@@ -1,0 +1,88 @@
+"""Validation during training: which metric picks checkpoints/best, when to evaluate, early stopping.
+
+    tracker = BestTracker(metric_for(cfg))
+    result = validate(...)                  # loss (+ accuracy / macro-F1, or BLEU / chrF on a fixed sample)
+    if tracker.update(step, result): ...    # True: a new best -> the checkpoint of this step becomes best
+    tracker.patience_spent(cfg.train.patience)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from bigbatch.config import Config
+
+HIGHER_IS_BETTER = {"accuracy": True, "macro_f1": True, "bleu": True, "loss": False}
+BLEU_SAMPLE = 500  # sentences decoded (greedy) in a periodic translation evaluation
+
+
+def metric_for(cfg: Config, strategy: str = "none") -> str:
+    """The validation metric that chooses checkpoints/best (auto: accuracy, bleu, loss by task).
+
+    BLEU needs a whole model on one rank to decode: under FSDP the loss stands in.
+    """
+    metric = cfg.train.best_metric
+    if metric == "auto":
+        metric = {"classify": "accuracy", "translate": "bleu"}.get(cfg.task, "loss")
+    if metric == "bleu" and strategy == "fsdp":
+        return "loss"
+    allowed = {"classify": ("loss", "accuracy", "macro_f1"), "translate": ("loss", "bleu"), "lm": ("loss",)}
+    if metric not in allowed.get(cfg.task, ("loss",)):
+        from bigbatch.errors import UserError
+
+        raise UserError(f"train.best_metric={metric} does not apply to task={cfg.task}; expected one of "
+                        f"{', '.join(allowed[cfg.task])}")
+    return metric
+
+
+@dataclasses.dataclass
+class BestTracker:
+    """The best validation value so far, its step, and evaluations since it (for train.patience)."""
+
+    metric: str
+    value: float | None = None
+    step: int | None = None
+    since: int = 0
+
+    def better(self, value: float) -> bool:
+        if self.value is None:
+            return True
+        return value > self.value if HIGHER_IS_BETTER[self.metric] else value < self.value
+
+    def update(self, step: int, result: dict) -> bool:
+        """Record an evaluation; True when it is a new best."""
+        value = result.get(self.metric)
+        if value is None:
+            return False
+        if self.better(value):
+            self.value, self.step, self.since = float(value), step, 0
+            return True
+        self.since += 1
+        return False
+
+    def patience_spent(self, patience: int | None) -> bool:
+        return bool(patience) and self.since >= patience
+
+    def state_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        for k, v in state.items():
+            setattr(self, k, v)
+
+
+def eval_due(cfg: Config, step: int, clock: float, last_eval_clock: float) -> bool:
+    """A periodic evaluation after this step: every eval_every steps or eval_every_s seconds of training."""
+    t = cfg.train
+    by_steps = bool(t.eval_every) and step % t.eval_every == 0
+    by_time = bool(t.eval_every_s) and clock - last_eval_clock >= t.eval_every_s
+    return by_steps or by_time
+
+
+def periodic_batches(cfg: Config, loader):
+    """The validation batches of a periodic evaluation: eval_batches micro-batches, or a fixed seeded
+    sample of eval_examples examples (classify / translate), the same sample every time."""
+    t = cfg.train
+    if cfg.task == "lm" or t.eval_batches:
+        return loader.eval_batches(t.eval_batches or 20)
+    return loader.eval_batches(max_examples=t.eval_examples, seed=t.seed)
