@@ -14,12 +14,24 @@ from pathlib import Path
 from bigbatch.errors import TrainingError, UserError
 
 
+def _base(args):
+    """The config --set overrides apply to without a CONFIG: the embedded default LM, unless the overrides
+    name another task or data source (then every unset key is resolved from that task and data)."""
+    from bigbatch.config import parse_set
+    from bigbatch.presets import default_lm
+
+    if args.config:
+        return None
+    sets = parse_set(args.set)
+    other = sets.get("task", "lm") != "lm" or "source" in (sets.get("data") or {})
+    return None if other else default_lm()
+
+
 def cmd_train(args) -> int:
     from bigbatch.config import load_config
-    from bigbatch.presets import default_lm
     from bigbatch.train.loop import train
 
-    cfg = load_config(args.config, args.set, base=None if args.config else default_lm())
+    cfg = load_config(args.config, args.set, base=_base(args))
     if args.nproc is not None and "LOCAL_RANK" not in os.environ:
         return _launch(args, cfg)
     run_dir = args.run_dir
@@ -63,22 +75,22 @@ def _launch(args, cfg) -> int:
     os.execv(sys.executable, cmd)  # signals (Ctrl-C, SIGTERM) now reach torchrun, which passes them on
 
 
-def _run_dir_of(path: str) -> Path:
+def _run_dir_of(path: str, which: str = "best") -> Path:
     from bigbatch.train.checkpoint import resolve_checkpoint
 
-    ckpt = resolve_checkpoint(path)
+    ckpt = resolve_checkpoint(path, which)
     return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt
 
 
-def _load(path: str, task: str):
+def _load(path: str, task: str, which: str = "best"):
     """(model, config, tokenizer) of a run or checkpoint, checking it was trained for ``task``."""
     from bigbatch import load
     from bigbatch.data.pipeline import tokenizer_of
 
-    model, cfg = load(path)
+    model, cfg = load(path, which)
     if cfg.task != task:
         raise UserError(f"{path}: this command needs a task={task} run, this one has task={cfg.task}")
-    return model, cfg, tokenizer_of(_run_dir_of(path))
+    return model, cfg, tokenizer_of(_run_dir_of(path, which))
 
 
 def _inputs(texts: list[str]) -> list[str]:
@@ -93,7 +105,7 @@ def cmd_generate(args) -> int:
 
     from bigbatch.nn.generate import generate
 
-    model, cfg, tokenizer = _load(args.run, "lm")
+    model, cfg, tokenizer = _load(args.run, "lm", args.checkpoint)
     ids = tokenizer.encode(args.prompt).astype("int64")
     if len(ids) == 0:
         raise UserError("--prompt is empty: give at least one character to continue")
@@ -109,10 +121,11 @@ def cmd_translate(args) -> int:
 
     from bigbatch.nn.generate import translate
 
-    model, cfg, tokenizer = _load(args.run, "translate")
+    model, cfg, tokenizer = _load(args.run, "translate", args.checkpoint)
     for line in _inputs(args.text):
         ids = torch.from_numpy(tokenizer.encode(line)[: cfg.model.max_len].astype("int64"))[None]
-        out = translate(model, ids, tokenizer.bos_id, tokenizer.eos_id, cfg.model.max_len - 1, beam=args.beam)
+        out = translate(model, ids, tokenizer.bos_id, tokenizer.eos_id, cfg.model.max_len - 1, beam=args.beam,
+                        length_penalty=args.length_penalty)
         print(tokenizer.decode(out[0]))
     return 0
 
@@ -120,8 +133,8 @@ def cmd_translate(args) -> int:
 def cmd_classify(args) -> int:
     import torch
 
-    model, cfg, tokenizer = _load(args.run, "classify")
-    labels_file = _run_dir_of(args.run) / "labels.json"
+    model, cfg, tokenizer = _load(args.run, "classify", args.checkpoint)
+    labels_file = _run_dir_of(args.run, args.checkpoint) / "labels.json"
     labels = json.loads(labels_file.read_text()) if labels_file.exists() else None
     with torch.no_grad():
         for line in _inputs(args.text):
@@ -134,25 +147,22 @@ def cmd_classify(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from bigbatch import load
-    from bigbatch.data.pipeline import build_data
-    from bigbatch.evaluate.evaluate import evaluate
+    from bigbatch.evaluate.run import evaluate_run
 
-    model, cfg = load(args.run)
-    data = build_data(cfg, 16 if cfg.task == "lm" else (cfg.train.micro_batch_tokens or cfg.train.micro_batch_size or 32),
-                      progress=False)
-    loader = data.loader(args.split)
-    result = evaluate(model, cfg.task, loader.eval_batches(), "cpu", bytes_per_token=loader.shards.bytes_per_token,
-                      num_classes=cfg.model.num_classes)
-    if cfg.task == "translate" and not args.no_decode:
-        from bigbatch.evaluate.evaluate import translation_scores
-
-        scores = translation_scores(model, loader.eval_batches(), data.tokenizer, "cpu", beam=args.beam)
-        result.update(bleu=scores["bleu"], chrf=scores["chrf"])
+    result = evaluate_run(args.run, args.split, checkpoint=args.checkpoint, beam=args.beam,
+                          length_penalty=args.length_penalty, max_examples=args.max_examples, seed=args.seed,
+                          decode=not args.no_decode, baseline=not args.no_baseline, progress=not args.json)
     if args.json:
         print(json.dumps(result))
-    else:
-        print(f"{args.split}: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items()))
+        return 0
+    from bigbatch.train.report import describe_baseline
+
+    base = result.get("baseline")
+    shown = {k: v for k, v in result.items() if k not in ("baseline", "checkpoint", "split")}
+    print(f"{args.split} ({result['checkpoint']}): "
+          + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items()))
+    if base:
+        print(f"{args.split} ({result['checkpoint']}), same split: {describe_baseline(base)}")
     return 0
 
 
@@ -177,12 +187,35 @@ def cmd_prepare(args) -> int:
     return 0
 
 
+def cmd_baseline(args) -> int:
+    from bigbatch.config import load_config
+    from bigbatch.evaluate.baseline import baseline
+
+    path = Path(args.config)
+    if path.is_dir():
+        if not (path / "config.yaml").exists():
+            raise UserError(f"{path}: no config.yaml; expected a YAML config or a run directory")
+        path = path / "config.yaml"
+    elif not path.exists():
+        raise UserError(f"{path}: no such file; expected a YAML config or a run directory")
+    cfg = load_config(path, args.set)
+    result = baseline(cfg, args.split, max_train_examples=args.max_examples, progress=not args.json)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    for name, metrics in result["methods"].items():
+        values = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
+        print(f"{result['split']} {name}: {values}" + ("  (best)" if name == result["method"] else ""))
+    print(f"{result['train_examples']:,} of {result['train_examples_total']:,} train and {result['eval_examples']:,} "
+          f"of {result['eval_examples_total']:,} {result['split']} examples, {result['seconds']:.1f} s")
+    return 0
+
+
 def cmd_noise_scale(args) -> int:
     from bigbatch.config import load_config
-    from bigbatch.presets import default_lm
     from bigbatch.train.probe import measure_noise_scale
 
-    cfg = load_config(args.config, args.set, base=None if args.config else default_lm())
+    cfg = load_config(args.config, args.set, base=_base(args))
     result = measure_noise_scale(cfg, args.steps, progress=not args.json)
     if args.json:
         print(json.dumps(result))
@@ -200,9 +233,8 @@ def cmd_bench(args) -> int:
         line = f"{result['device']} {args.dtype} matmul peak: {result['peak_flops'] / 1e9:,.1f} GFLOP/s"
     else:
         from bigbatch.config import load_config
-        from bigbatch.presets import default_lm
 
-        cfg = load_config(args.config, args.set, base=None if args.config else default_lm())
+        cfg = load_config(args.config, args.set, base=_base(args))
         result = throughput(cfg, args.steps, args.peak_flops)
         mfu = f"{result['mfu']:.1%}" if result["mfu"] is not None else "unknown"
         line = f"{result['tokens_per_s']:,.0f} tokens/s, MFU {mfu} (peak {result['peak_flops'] / 1e9:,.1f} GFLOP/s)"
@@ -238,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="sample from a trained language model")
     g.add_argument("run", help="run directory or checkpoint directory")
+    g.add_argument("--checkpoint", default="best", help="best (default), latest, or a checkpoint name")
     g.add_argument("--prompt", required=True)
     g.add_argument("--max-new-tokens", type=int, default=200)
     g.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
@@ -249,19 +282,29 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a run on a split")
     e.add_argument("run", help="run directory or checkpoint directory")
     e.add_argument("--split", choices=["valid", "test"], default="valid")
-    e.add_argument("--beam", type=int, default=1, help="translation: beam size for BLEU / chrF")
+    e.add_argument("--checkpoint", default="best", help="best (default), latest, or a checkpoint name (step_N)")
+    e.add_argument("--beam", type=int, default=4, help="translation: beam size for BLEU / chrF (1 = greedy)")
+    e.add_argument("--length-penalty", type=float, default=1.0,
+                   help="translation beam search: hypotheses score log p / length^this")
+    e.add_argument("--max-examples", type=int, default=None,
+                   help="score a seeded random sample of about N examples instead of the whole split")
+    e.add_argument("--seed", type=int, default=0, help="seed of the --max-examples sample")
     e.add_argument("--no-decode", action="store_true", help="translation: loss only, no BLEU / chrF")
+    e.add_argument("--no-baseline", action="store_true", help="leave out the strong simple baseline")
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.set_defaults(func=cmd_eval)
 
     tr = sub.add_parser("translate", help="translate TEXT arguments (or stdin lines) with a translate run")
     tr.add_argument("run")
+    tr.add_argument("--checkpoint", default="best", help="best (default), latest, or a checkpoint name")
     tr.add_argument("text", nargs="*")
     tr.add_argument("--beam", type=int, default=4)
+    tr.add_argument("--length-penalty", type=float, default=1.0, help="beam hypotheses score log p / length^this")
     tr.set_defaults(func=cmd_translate)
 
     c = sub.add_parser("classify", help="classify TEXT arguments (or stdin lines) with a classify run")
     c.add_argument("run")
+    c.add_argument("--checkpoint", default="best", help="best (default), latest, or a checkpoint name")
     c.add_argument("text", nargs="*")
     c.add_argument("--json", action="store_true", help="one JSON object per line")
     c.set_defaults(func=cmd_classify)
@@ -275,6 +318,16 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--workers", type=int, default=0, help="tokenising processes (default data.num_workers)")
     pr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     pr.set_defaults(func=cmd_prepare)
+
+    bl = sub.add_parser("baseline", help="simple strong baselines (TF-IDF + logistic regression, word dictionary, "
+                                         "byte n-gram) on the splits a config trains and evaluates on")
+    bl.add_argument("config", metavar="CONFIG_OR_RUN", help="YAML config, or a run directory (its config.yaml)")
+    bl.add_argument("--split", choices=["valid", "test"], default="valid")
+    bl.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    bl.add_argument("--max-examples", type=int, default=None, metavar="N",
+                    help="train on at most N sampled training examples (default: the task's cap)")
+    bl.add_argument("--json", action="store_true", help="print one JSON object")
+    bl.set_defaults(func=cmd_baseline)
 
     ns = sub.add_parser("noise-scale", help="measure the gradient noise scale and recommend a global batch")
     ns.add_argument("config", nargs="?", help="YAML config (omitted: the embedded default)")

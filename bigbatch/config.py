@@ -196,6 +196,9 @@ class TrainConfig:
     """A collective that waits longer than this (a rank died or hangs) fails instead of hanging."""
     peak_flops: Optional[float] = None
     """The device's peak FLOP/s for MFU; None = a table of known accelerators (else MFU is unknown)."""
+    baseline: bool = True
+    """At the end, fit the strong simple baseline on the same splits and report it beside the model
+    (bigbatch baseline; TF-IDF + logistic regression needs scikit-learn)."""
     sample_prompt: str = "def "
     """Language models: prompt of the sample printed at the end ("" = none)."""
     sample_tokens: int = 200

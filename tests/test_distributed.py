@@ -23,7 +23,7 @@ from bigbatch.train.loop import train
 from bigbatch.train.noise import NoiseScale
 from bigbatch.train.setup import resolve_config
 
-QUIET = ["train.eval_every=0", "train.sample_tokens=0", "train.log_every=1"]
+QUIET = ["train.eval_every=0", "train.sample_tokens=0", "train.log_every=1", "train.baseline=false"]
 
 
 def sets(*pairs):
@@ -134,7 +134,7 @@ def test_classification_across_ranks_is_exactly_normalised(tmp_path):
 
     data = write_jsonl(tmp_path / "d.jsonl", classify_rows(600, seed=4))
     overrides = QUIET + ["task=classify", f"data.source={data}", "model.d_model=32", "model.n_heads=2",
-                         "model.n_layers=1", "model.max_len=64", "train.micro_batch_tokens=256",
+                         "model.n_layers=1", "model.max_len=64", "model.dropout=0", "train.micro_batch_tokens=256",
                          "train.global_batch_tokens=1024", "train.max_steps=2", "optim.name=sgd", "optim.lr=0.5",
                          "optim.warmup_steps=0", "train.grad_clip=0"]
     config = tmp_path / "c.yaml"

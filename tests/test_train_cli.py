@@ -118,7 +118,7 @@ def test_sigterm_checkpoints_and_exits(tmp_path):
 
 @pytest.mark.parametrize("args,message", [
     (["train", "--set", "train.max_step=3"], "did you mean 'train.max_steps'"),
-    (["train", "--set", "optim.schedule=exp"], "optim.schedule='exp' is invalid: expected one of constant"),
+    (["train", "--set", "optim.schedule=exp"], "optim.schedule='exp' is invalid: expected one of auto, constant"),
     (["train", "missing.yaml"], "cannot read config missing.yaml"),
     (["train", "--set", "data.source=/nonexistent/*.txt"], "no such file"),
     (["train", "--set", "data.source=builtin:nope"], "builtin:nope is unknown"),
@@ -171,9 +171,9 @@ def test_non_finite_steps_are_skipped_then_stop(tmp_path, monkeypatch):
     real = objectives.lm_objective
     calls = {"n": 0}
 
-    def flaky(model, batch):
+    def flaky(model, batch, **kw):
         calls["n"] += 1
-        loss_sum, n, logs = real(model, batch)
+        loss_sum, n, logs = real(model, batch, **kw)
         # call 1 is the start-up probe at the worst-case shape; calls 4 and 5 are steps 3 and 4
         return (loss_sum * float("nan") if calls["n"] in (4, 5) else loss_sum), n, logs
 

@@ -7,7 +7,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import shutil
 import time
 from dataclasses import dataclass
@@ -23,7 +25,60 @@ from bigbatch.data.tokenizer import ByteTokenizer, load_tokenizer_file
 from bigbatch.distributed.process import wait_for_file
 
 
+CODE_SUFFIXES = {".py", ".c", ".h", ".cc", ".cpp", ".hpp", ".js", ".ts", ".java", ".go", ".rs", ".rb", ".sh", ".pl"}
+
+
+def source_bytes(source: str) -> int:
+    """About how many bytes of text ``source`` holds (file sizes; compressed files counted x4)."""
+    from bigbatch.data.builtin import builtin_bytes
+    from bigbatch.data.sources import expand, fingerprint_files
+
+    if source.startswith("builtin:"):
+        return builtin_bytes(source[len("builtin:"):])
+    total = 0
+    for name, size, _ in fingerprint_files(expand(source)):
+        total += size * (4 if name.endswith((".gz", ".zst", ".xz", ".bz2")) else 1)
+    return total
+
+
+def vocab_for(n_bytes: int) -> int:
+    """Vocabulary size for a corpus of ``n_bytes``: 4k at 1 MB, x2 per 10x, in [2k, 32k], a multiple of 64."""
+    v = 4000 * 2 ** math.log10(max(n_bytes, 1) / 1e6)
+    return int(min(max(v, 2000), 32000)) // 64 * 64
+
+
+def _is_code(source: str) -> bool:
+    if source == "builtin:python-stdlib":
+        return True
+    if source.startswith("builtin:"):
+        return False
+    suffixes = {s.lower() for s in Path(source.replace("*", "x")).suffixes}
+    return bool(suffixes & CODE_SUFFIXES)
+
+
+def resolve_before_data(cfg: Config) -> tuple[Config, list[str]]:
+    """data.tokenizer and data.vocab_size (they are part of the shards' fingerprint)."""
+    notes = []
+    d = cfg.data
+    if d.tokenizer == "auto":
+        kind = "byte" if cfg.task == "lm" and _is_code(d.source) else "bpe"
+        why = "source code: bytes" if kind == "byte" else f"task {cfg.task}: subwords trained on the training split"
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, tokenizer=kind))
+        notes.append(f"data.tokenizer={kind} ({why})")
+    if cfg.data.vocab_size == 0:
+        if cfg.data.tokenizer in ("bpe", "unigram"):
+            n = source_bytes(cfg.data.source)
+            cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, vocab_size=vocab_for(n)))
+            notes.append(f"data.vocab_size={cfg.data.vocab_size} (source ~{n / 1e6:,.1f} MB)")
+        else:
+            # unused by byte / file tokenizers; a fixed value keeps the fingerprint stable
+            cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, vocab_size=8000))
+    return cfg, notes
+
+
 def prepare_spec(cfg: Config) -> PrepareSpec:
+    """What to prepare for ``cfg`` (an unset tokenizer / vocabulary resolved first: resolve_before_data)."""
+    cfg = resolve_before_data(cfg)[0]
     d = cfg.data
     fields = Fields(task=cfg.task, text=d.text_field, label=d.label_field, src=d.src_field, tgt=d.tgt_field,
                     text_per_line=d.text_per_line, skip_bad_rows=d.skip_bad_rows)

@@ -42,7 +42,7 @@ def evaluate(model, task: str, batches, device, autocast=contextlib.nullcontext,
     """
     was_training = model.training
     model.eval()
-    loss_sum, n_targets = 0.0, 0
+    loss_sum, n_targets, n_examples = 0.0, 0, 0
     confusion = np.zeros((num_classes, num_classes), dtype=np.int64) if task == "classify" else None
     objective = OBJECTIVES[task]
     stream = _lockstep(batches, dist, device) if lockstep else ((b, True) for b in batches)
@@ -55,14 +55,16 @@ def evaluate(model, task: str, batches, device, autocast=contextlib.nullcontext,
         if counts:
             loss_sum += float(s)
             n_targets += int(n)
+            n_examples += int(next(v for v in batch.values() if torch.is_tensor(v)).size(0))
     model.train(was_training)
     if dist is not None and dist.enabled:
-        sums = dist.sum([loss_sum, n_targets] + ([] if confusion is None else confusion.ravel().tolist()), device)
-        loss_sum, n_targets = sums[0], int(sums[1])
+        sums = dist.sum([loss_sum, n_targets, n_examples] + ([] if confusion is None else confusion.ravel().tolist()),
+                        device)
+        loss_sum, n_targets, n_examples = sums[0], int(sums[1]), int(sums[2])
         if confusion is not None:
-            confusion = np.array(sums[2:], dtype=np.int64).reshape(confusion.shape)
+            confusion = np.array(sums[3:], dtype=np.int64).reshape(confusion.shape)
     loss = loss_sum / max(n_targets, 1)
-    out = {"loss": loss, "eval_targets": n_targets}
+    out = {"loss": loss, "eval_targets": n_targets, "examples": n_examples}  # examples: rows (lm: packed rows)
     if task in ("lm", "translate"):
         out["perplexity"] = math.exp(min(loss, 50.0))
     if task == "lm" and bytes_per_token:

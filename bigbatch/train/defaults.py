@@ -2,7 +2,7 @@
 and the budget, printed at start-up and saved in config.yaml, so a config that names only the task, the
 data and ``train.max_time_s`` trains a sensible model.
 
-    resolve_before_data(cfg)              tokenizer and its vocabulary (they decide the shards)
+    resolve_before_data(cfg)              tokenizer and its vocabulary (data/pipeline.py: they decide the shards)
     resolve_from_data(cfg, manifest, ...) model size, max_len, batch, run length, regularisation, lr, cadences
 
 The numbers below are rules of thumb of the field, checked on this project's CPUs (docs/quality.md):
@@ -32,61 +32,10 @@ from bigbatch.errors import UserError
 MODEL_TABLE = [(128, 2), (256, 2), (256, 4), (384, 6), (512, 8), (768, 12)]
 TOKENS_PER_PARAM = 20
 CPU_EFFICIENCY = 0.25  # training tokens/s ~ this x matmul peak / FLOPs per token, measured on small models here
-CODE_SUFFIXES = {".py", ".c", ".h", ".cc", ".cpp", ".hpp", ".js", ".ts", ".java", ".go", ".rs", ".rb", ".sh", ".pl"}
 
 
 def _replace(cfg: Config, section: str, **values) -> Config:
     return dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **values)})
-
-
-# --------------------------------------------------------------------------- before the data is prepared
-
-
-def source_bytes(source: str) -> int:
-    """About how many bytes of text ``source`` holds (file sizes; compressed files counted x4)."""
-    from bigbatch.data.builtin import builtin_bytes
-    from bigbatch.data.sources import expand, fingerprint_files
-
-    if source.startswith("builtin:"):
-        return builtin_bytes(source[len("builtin:"):])
-    total = 0
-    for name, size, _ in fingerprint_files(expand(source)):
-        total += size * (4 if name.endswith((".gz", ".zst", ".xz", ".bz2")) else 1)
-    return total
-
-
-def vocab_for(n_bytes: int) -> int:
-    """Vocabulary size for a corpus of ``n_bytes``: 4k at 1 MB, x2 per 10x, in [2k, 32k], a multiple of 64."""
-    v = 4000 * 2 ** math.log10(max(n_bytes, 1) / 1e6)
-    return int(min(max(v, 2000), 32000)) // 64 * 64
-
-
-def _is_code(source: str) -> bool:
-    if source == "builtin:python-stdlib":
-        return True
-    if source.startswith("builtin:"):
-        return False
-    suffixes = {s.lower() for s in Path(source.replace("*", "x")).suffixes}
-    return bool(suffixes & CODE_SUFFIXES)
-
-
-def resolve_before_data(cfg: Config) -> tuple[Config, list[str]]:
-    """data.tokenizer and data.vocab_size (they are part of the shards' fingerprint)."""
-    notes = []
-    d = cfg.data
-    if d.tokenizer == "auto":
-        kind = "byte" if cfg.task == "lm" and _is_code(d.source) else "bpe"
-        why = "source code: bytes" if kind == "byte" else f"task {cfg.task}: subwords trained on the training split"
-        cfg = _replace(cfg, "data", tokenizer=kind)
-        notes.append(f"data.tokenizer={kind} ({why})")
-    if cfg.data.vocab_size == 0:
-        if cfg.data.tokenizer in ("bpe", "unigram"):
-            n = source_bytes(cfg.data.source)
-            cfg = _replace(cfg, "data", vocab_size=vocab_for(n))
-            notes.append(f"data.vocab_size={cfg.data.vocab_size} (source ~{n / 1e6:,.1f} MB)")
-        else:
-            cfg = _replace(cfg, "data", vocab_size=8000)  # unused by byte / file tokenizers; a stable fingerprint
-    return cfg, notes
 
 
 # --------------------------------------------------------------------------- once the data is known
@@ -266,8 +215,8 @@ def _resolve_run(cfg: Config, stats: DataStats) -> tuple[Config, list[str]]:
     if t.label_smoothing is None:
         train["label_smoothing"] = 0.1 if cfg.task != "lm" else 0.0
         notes.append(f"train.label_smoothing={train['label_smoothing']:g}")
-    if t.eval_batches is None:
-        train["eval_batches"] = 20 if cfg.task == "lm" else 0
+    if t.eval_batches is None and cfg.task == "lm":  # classify / translate: a sample of train.eval_examples
+        train["eval_batches"] = 20
     if o.lr is None:
         optim["lr"] = float(f"{1e-3 * math.sqrt(256 / cfg.model.d_model):.2g}")
         notes.append(f"optim.lr={optim['lr']:g} (d_model {cfg.model.d_model})")

@@ -10,14 +10,14 @@ import numpy as np
 import torch
 
 from bigbatch.config import Config
-from bigbatch.evaluate.evaluate import translation_scores, unigram_bits_per_byte
+from bigbatch.evaluate.evaluate import unigram_bits_per_byte
 from bigbatch.nn.generate import generate
 from bigbatch.train.metrics import MetricsLogger, write_run_plots
 
 
 def report(cfg: Config, model: torch.nn.Module, data, valid, run_dir: Path, device, logger: MetricsLogger,
            state: dict, result: dict, extra: dict) -> dict:
-    """Write plots and summary.json, print the closing line; ``model`` is a plain (unsharded) module."""
+    """Write plots and summary.json, print the closing lines; ``model`` is a plain (unsharded) module."""
     write_run_plots(run_dir)
     summary = {"run_dir": str(run_dir), "step": state["step"], "tokens": state["tokens"],
                **{f"valid_{k}": v for k, v in result.items()}, **extra}
@@ -28,19 +28,39 @@ def report(cfg: Config, model: torch.nn.Module, data, valid, run_dir: Path, devi
                  f"{summary['unigram_bits_per_byte']:.3f} bits/byte)")
     elif cfg.task == "classify":
         line += f", accuracy {result['accuracy']:.4f}, macro-F1 {result['macro_f1']:.4f}"
-    else:
-        scores = translation_scores(model, valid.eval_batches(), data.tokenizer, device, max_sentences=300)
-        summary.update(valid_bleu=scores["bleu"], valid_chrf=scores["chrf"])
-        logger.log({"step": state["step"], "split": "valid", "bleu": scores["bleu"], "chrf": scores["chrf"]})
-        line += f", BLEU {scores['bleu']:.2f}, chrF {scores['chrf']:.2f} (greedy, {scores['sentences']} sentences)"
-        for hyp, ref in scores["examples"]:
-            print(f"  hyp: {hyp}\n  ref: {ref}", file=sys.stderr)
+    elif "bleu" in result:
+        line += f", BLEU {result['bleu']:.2f}, chrF {result['chrf']:.2f} (greedy, {result['bleu_sentences']} sentences)"
+    if cfg.train.baseline:
+        summary["baseline"] = _baseline(cfg, data.shard_dir)
+        line += "; " + describe_baseline(summary["baseline"])
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(f"{line}; {summary['tokens_per_s']:,.0f} tokens/s, wall {summary['wall_seconds']:.0f} s; run dir {run_dir}",
           file=sys.stderr)
+    if extra.get("best_step") is not None:
+        print(f"best: {extra['best_metric']} {extra['best_value']:.4f} at step {extra['best_step']} "
+              f"(checkpoints/best; eval, classify, translate and generate use it)", file=sys.stderr)
     if cfg.task == "lm":
         print_sample(cfg, model, data.tokenizer, device)
     return summary
+
+
+def _baseline(cfg: Config, shard_dir: Path) -> dict:
+    from bigbatch.errors import UserError
+    from bigbatch.evaluate.run import baseline_cached
+
+    try:
+        return baseline_cached(cfg, "valid", shard_dir)
+    except UserError as e:  # an optional dependency missing: say so beside the model's numbers
+        return {"error": str(e)}
+
+
+def describe_baseline(base: dict) -> str:
+    """One phrase for a baseline result: its method and metrics, or why there is none."""
+    if "error" in base:
+        return f"no baseline ({base['error']})"
+    metrics = ", ".join(f"{k} {base[k]:.4f}" for k in ("accuracy", "macro_f1", "bleu", "chrf", "bits_per_byte")
+                        if isinstance(base.get(k), float))
+    return f"baseline {base.get('method', '?')}: {metrics}"
 
 
 def unigram_baseline(train, valid, vocab_size: int) -> float:

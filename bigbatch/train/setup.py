@@ -8,11 +8,11 @@ from pathlib import Path
 import torch
 
 from bigbatch.config import Config, load_config
-from bigbatch.data.pipeline import TaskData, build_data, shard_dir_for
+from bigbatch.data.pipeline import TaskData, build_data, resolve_before_data, shard_dir_for
 from bigbatch.data.shards import read_manifest
 from bigbatch.distributed.process import ONE_PROCESS, Dist
 from bigbatch.errors import UserError
-from bigbatch.train.defaults import DataStats, fill_unset_from, resolve_before_data, resolve_from_data
+from bigbatch.train.defaults import DataStats, fill_unset_from, resolve_from_data
 
 
 @dataclasses.dataclass

@@ -1,0 +1,65 @@
+"""Evaluate a trained run on a split (what `bigbatch eval` prints), with the strong simple baseline beside it.
+
+    result = evaluate_run("runs/x", "test")            # every example of the split, the best checkpoint
+    result["accuracy"], result["baseline"]["accuracy"]
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bigbatch.errors import UserError
+
+
+def baseline_cached(cfg, split: str, shard_dir: Path | None = None, progress: bool = False) -> dict:
+    """The baseline of ``cfg``'s data on ``split``, kept beside the prepared shards (keyed by their
+    fingerprint) so a second evaluation does not fit it again."""
+    from bigbatch.evaluate.baseline import baseline
+
+    path = Path(shard_dir) / f"baseline-{split}.json" if shard_dir is not None else None
+    if path is not None and path.exists():
+        return json.loads(path.read_text())
+    result = baseline(cfg, split=split, progress=progress)
+    if path is not None:
+        from bigbatch.data.shards import write_atomic
+
+        write_atomic(path, json.dumps(result).encode())
+    return result
+
+
+def evaluate_run(path: str | Path, split: str = "valid", checkpoint: str = "best", beam: int = 4,
+                 length_penalty: float = 1.0, max_examples: int | None = None, seed: int = 0, decode: bool = True,
+                 baseline: bool = True, device: str = "cpu", progress: bool = False) -> dict:
+    """Task metrics of a run's checkpoint on ``split``: every example unless ``max_examples`` (a seeded random
+    sample of about that many; language models always read the whole split). Translation decodes with beam
+    search (``beam`` 1 = greedy). Returns the metrics, "examples" (how many were scored), "checkpoint", and
+    the baseline's metrics under "baseline" (when it can be computed: scikit-learn for classification)."""
+    from bigbatch import load
+    from bigbatch.data.pipeline import build_data
+    from bigbatch.evaluate.evaluate import evaluate, translation_scores
+    from bigbatch.train.checkpoint import resolve_checkpoint
+
+    if max_examples is not None and max_examples < 1:
+        raise UserError(f"--max-examples {max_examples}: expected a number of examples >= 1")
+    ckpt = resolve_checkpoint(path, checkpoint)
+    model, cfg = load(ckpt)
+    model.to(device)
+    micro = 16 if cfg.task == "lm" else (cfg.train.micro_batch_tokens or cfg.train.micro_batch_size or 32)
+    data = build_data(cfg, micro, progress=False)
+    loader = data.loader(split)
+    sample = {} if cfg.task == "lm" or max_examples is None else {"max_examples": max_examples, "seed": seed}
+    result = evaluate(model, cfg.task, loader.eval_batches(**sample), device,
+                      bytes_per_token=loader.shards.bytes_per_token, num_classes=cfg.model.num_classes)
+    if cfg.task == "translate" and decode:
+        scores = translation_scores(model, loader.eval_batches(**sample), data.tokenizer, device, beam=beam,
+                                    length_penalty=length_penalty, progress=progress)
+        result.update(bleu=scores["bleu"], chrf=scores["chrf"], decoding=f"beam {beam}" if beam > 1 else "greedy")
+    result.update(split=split, checkpoint=ckpt.name)
+    if baseline:
+        try:
+            result["baseline"] = baseline_cached(cfg, split, data.shard_dir, progress)
+        except UserError as e:  # e.g. scikit-learn missing: the model's numbers still stand, said in one line
+            result["baseline"] = {"error": str(e)}
+    return result
+
