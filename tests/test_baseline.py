@@ -97,6 +97,18 @@ def test_dictionary_keeps_placeholders_case_and_spacing():
     assert tokens == ["%.*s", "files", "at", "3.5", "<b>", "x", "</b>"]
 
 
+def test_dictionary_ties_do_not_depend_on_the_hash_seed():
+    """Equal Dice scores go to the target word seen first, whatever PYTHONHASHSEED orders sets by."""
+    import os
+    import subprocess
+
+    code = ("from bigbatch.evaluate.dictionary import WordDictionary as D; "
+            "print(sorted(D(min_count=1).fit(['a b c', 'd e f'], ['x y z', 'u v w']).table.items()))")
+    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout for seed in range(4)}
+    assert outs == {str(sorted(zip("abcdef", "xxxuuu"))) + "\n"}
+
+
 # --------------------------------------------------------------------------- classify
 
 

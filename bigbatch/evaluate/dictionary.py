@@ -49,7 +49,7 @@ class WordDictionary:
         return len(self.table)
 
     def _vocab(self, sentences: list[list[str]]) -> dict[str, int]:
-        freq = Counter(w for s in sentences for w in set(s))
+        freq = Counter(w for s in sentences for w in dict.fromkeys(s))  # not set(): ties in first-seen order
         return {w: i for i, (w, _) in enumerate(freq.most_common(self.max_words))}
 
     @staticmethod
