@@ -14,34 +14,42 @@ from pathlib import Path
 from bigbatch.errors import TrainingError, UserError
 
 
-def _base(args):
-    """The config --set overrides apply to without a CONFIG: the embedded default LM, unless the overrides
-    name another task or data source (then every unset key is resolved from that task and data)."""
-    from bigbatch.config import parse_set
+def _base(args, run_dir: Path | None = None):
+    """The config --set overrides apply to without a CONFIG: the run's own config.yaml when ``run_dir``
+    holds one (a resume), else the embedded default LM, unless the overrides name another task or data
+    source (then every unset key is resolved from that task and data)."""
+    from bigbatch.config import load_config, parse_set
     from bigbatch.presets import default_lm
 
     if args.config:
         return None
+    if run_dir is not None and (Path(run_dir) / "config.yaml").exists():
+        return load_config(Path(run_dir) / "config.yaml")
     sets = parse_set(args.set)
     other = sets.get("task", "lm") != "lm" or "source" in (sets.get("data") or {})
     return None if other else default_lm()
+
+
+def _resume_dir(args) -> Path | None:
+    """--run-dir, or with --resume and no --run-dir the newest run under ./runs that holds a checkpoint."""
+    if args.resume and args.run_dir is None:
+        runs = sorted(p.parent.parent for p in Path("runs").glob("*/checkpoints/latest"))
+        if not runs:
+            raise UserError("--resume: no run with a checkpoint under ./runs; give --run-dir")
+        return runs[-1]
+    if args.resume and not (Path(args.run_dir) / "checkpoints" / "latest").exists():
+        raise UserError(f"--resume: {args.run_dir} has no checkpoint to resume from")
+    return Path(args.run_dir) if args.run_dir else None
 
 
 def cmd_train(args) -> int:
     from bigbatch.config import load_config
     from bigbatch.train.loop import train
 
-    cfg = load_config(args.config, args.set, base=_base(args))
+    run_dir = _resume_dir(args)
+    cfg = load_config(args.config, args.set, base=_base(args, run_dir))
     if args.nproc is not None and "LOCAL_RANK" not in os.environ:
         return _launch(args, cfg)
-    run_dir = args.run_dir
-    if args.resume and run_dir is None:
-        runs = sorted(p.parent.parent for p in Path("runs").glob("*/checkpoints/latest"))
-        if not runs:
-            raise UserError("--resume: no run with a checkpoint under ./runs; give --run-dir")
-        run_dir = runs[-1]
-    elif args.resume and not (Path(run_dir) / "checkpoints" / "latest").exists():
-        raise UserError(f"--resume: {run_dir} has no checkpoint to resume from")
     summary = train(cfg, run_dir, progress=not args.no_progress)
     if "stopped_by_signal" in summary:
         return 128 + summary["stopped_by_signal"]

@@ -276,6 +276,10 @@ class Config:
                 and self.optim.warmup_steps >= self.train.max_steps):
             raise UserError(f"optim.warmup_steps={self.optim.warmup_steps} must be smaller than "
                             f"train.max_steps={self.train.max_steps}")
+        allowed = {"classify": ("auto", "loss", "accuracy", "macro_f1"), "translate": ("auto", "loss", "bleu")}
+        if self.train.best_metric not in allowed.get(self.task, ("auto", "loss")):
+            raise UserError(f"train.best_metric={self.train.best_metric} does not apply to task={self.task}; expected "
+                            f"one of {', '.join(allowed.get(self.task, ('auto', 'loss')))}")
         if self.task == "lm" and self.model.max_len and self.data.seq_len > self.model.max_len:  # before any data is prepared
             raise UserError(f"data.seq_len={self.data.seq_len} is longer than model.max_len={self.model.max_len}")
 
@@ -458,5 +462,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), base:
         if not isinstance(loaded, dict):
             raise UserError(f"{path}: expected a mapping of config keys at the top level")
         values = merge(values, loaded)
-    values = merge(values, parse_set(list(overrides)))
+    sets = parse_set(list(overrides))
+    for key, base in (("lr", "base_lr"), ("warmup_steps", "base_warmup_steps")):
+        given = sets.get("optim") or {}
+        if key in given and base not in given and isinstance(values.get("optim"), dict):
+            values["optim"][base] = None  # a new lr / warm-up is the one given, not a saved run's base
+    values = merge(values, sets)
     return from_dict(values, where)

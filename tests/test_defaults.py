@@ -28,7 +28,9 @@ def test_tokenizer_by_task_and_source(tmp_path):
     cls = resolve_before_data(load_config(None, ["task=classify", f"data.source={tmp_path / 'a.txt'}"]))[0]
     assert cls.data.tokenizer == "bpe" and cls.data.vocab_size == vocab_for(1200)
     code = resolve_before_data(load_config(None, ["data.source=builtin:python-stdlib"]))[0]
-    assert code.data.tokenizer == "byte"
+    assert code.data.tokenizer == "bpe"  # bytes only when asked
+    asked = resolve_before_data(load_config(None, ["data.source=builtin:python-stdlib", "data.tokenizer=byte"]))[0]
+    assert asked.data.tokenizer == "byte"
     given = resolve_before_data(load_config(None, ["task=classify", f"data.source={tmp_path / 'a.txt'}",
                                                    "data.tokenizer=unigram", "data.vocab_size=500"]))[0]
     assert (given.data.tokenizer, given.data.vocab_size) == ("unigram", 500)
@@ -118,3 +120,25 @@ def test_time_bounded_run_ends_annealed_and_keeps_its_budget_on_resume(tmp_path)
     assert 4 <= first["train_seconds"] < 8
     second = json.loads(run_cli(*args).stdout)
     assert second["step"] == first["step"]  # the budget was spent: resumed, no further step
+
+
+def test_resume_without_a_config_uses_the_runs_own(tmp_path):
+    """`bigbatch train --run-dir X` (no CONFIG) resumes X with X's config.yaml, not the embedded default."""
+    from helpers import TINY
+
+    quiet = ["--set", "train.eval_every=0", "--set", "train.sample_tokens=0", "--no-progress"]
+    run_cli("train", TINY, "--run-dir", tmp_path / "r", "--set", "train.max_steps=8", *quiet)
+    proc = run_cli("train", "--run-dir", tmp_path / "r", "--set", "train.max_steps=10", "--json", *quiet)
+    assert json.loads(proc.stdout)["step"] == 10 and "resuming" in proc.stderr
+
+
+def test_resume_with_a_new_lr_or_epochs_takes_them():
+    from bigbatch.train.optim import scale_for_batch
+
+    saved, _ = _resolved()
+    saved = dataclasses.replace(saved, optim=scale_for_batch(saved.optim, 4096)[0])  # as config.yaml holds it
+    again = fill_unset_from(saved, load_config(None, ["task=classify", "optim.lr=5e-4", "train.epochs=1"]))
+    assert scale_for_batch(again.optim, 4096)[0].lr == 5e-4
+    assert again.train.epochs == 1 and again.train.max_steps is None  # re-derived from the new epochs
+    cfg, _ = resolve_from_data(again, STATS)
+    assert cfg.train.max_steps == pytest.approx(4e6 * 1.15 / cfg.train.global_batch_tokens, rel=0.01)

@@ -7,23 +7,28 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from bigbatch.errors import UserError
 
 
 def baseline_cached(cfg, split: str, shard_dir: Path | None = None, progress: bool = False) -> dict:
-    """The baseline of ``cfg``'s data on ``split``, kept beside the prepared shards (keyed by their
-    fingerprint) so a second evaluation does not fit it again."""
+    """The baseline of ``cfg``'s data on ``split``, cached in BIGBATCH_CACHE/baselines under the prepared
+    shards' fingerprint (the same data and split), so a second evaluation does not fit it again."""
+    from bigbatch.data.prepare import cache_root
+    from bigbatch.data.shards import read_manifest, write_atomic
     from bigbatch.evaluate.baseline import baseline
 
-    path = Path(shard_dir) / f"baseline-{split}.json" if shard_dir is not None else None
+    path = None
+    if shard_dir is not None:
+        fingerprint = read_manifest(shard_dir)["fingerprint"][:16]
+        path = cache_root() / "baselines" / f"{fingerprint}-{cfg.task}-{split}.json"
     if path is not None and path.exists():
         return json.loads(path.read_text())
     result = baseline(cfg, split=split, progress=progress)
     if path is not None:
-        from bigbatch.data.shards import write_atomic
-
+        path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, json.dumps(result).encode())
     return result
 
@@ -42,12 +47,16 @@ def evaluate_run(path: str | Path, split: str = "valid", checkpoint: str = "best
 
     if max_examples is not None and max_examples < 1:
         raise UserError(f"--max-examples {max_examples}: expected a number of examples >= 1")
+    if beam < 1:
+        raise UserError(f"--beam {beam}: expected a beam size >= 1 (1 = greedy)")
     ckpt = resolve_checkpoint(path, checkpoint)
     model, cfg = load(ckpt)
     model.to(device)
     micro = 16 if cfg.task == "lm" else (cfg.train.micro_batch_tokens or cfg.train.micro_batch_size or 32)
     data = build_data(cfg, micro, progress=False)
     loader = data.loader(split)
+    if cfg.task == "lm" and max_examples is not None:
+        print("note: --max-examples does not apply to a language model; scoring the whole split", file=sys.stderr)
     sample = {} if cfg.task == "lm" or max_examples is None else {"max_examples": max_examples, "seed": seed}
     result = evaluate(model, cfg.task, loader.eval_batches(**sample), device,
                       bytes_per_token=loader.shards.bytes_per_token, num_classes=cfg.model.num_classes)
@@ -61,5 +70,6 @@ def evaluate_run(path: str | Path, split: str = "valid", checkpoint: str = "best
             result["baseline"] = baseline_cached(cfg, split, data.shard_dir, progress)
         except UserError as e:  # e.g. scikit-learn missing: the model's numbers still stand, said in one line
             result["baseline"] = {"error": str(e)}
+            print(f"note: no baseline: {e}", file=sys.stderr)
     return result
 

@@ -38,8 +38,10 @@ def throughput(cfg: Config, steps: int = 20, peak: float | None = None, progress
     if peak is None:
         peak = matmul_peak(cfg.train.device, "fp32" if cfg.train.precision == "fp32" else cfg.train.precision)["peak_flops"]
     train_cfg = dataclasses.replace(cfg.train, max_steps=steps, eval_every=0, save_every=0, sample_tokens=0,
+                                    max_time_s=None, max_tokens=None, epochs=None, eval_every_s=None, baseline=False,
                                     log_every=max(1, steps // 4), peak_flops=peak)
-    optim = dataclasses.replace(cfg.optim, warmup_steps=min(cfg.optim.warmup_steps, steps // 2))
+    warmup = cfg.optim.warmup_steps
+    optim = dataclasses.replace(cfg.optim, warmup_steps=None if warmup is None else min(warmup, steps // 2))
     from bigbatch.train.loop import train
     from bigbatch.train.metrics import read_metrics
 

@@ -23,6 +23,7 @@ import contextlib
 import json
 import os
 import shutil
+import sys
 import warnings
 from pathlib import Path
 
@@ -52,7 +53,7 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text)
     _fsync(tmp)
@@ -118,9 +119,9 @@ def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, trainer_state:
         if final.exists():  # a re-save of the same step (e.g. after a resume) replaces it
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _write_text_atomic(ckpt_root / "latest", final.name + "\n")
+        write_text_atomic(ckpt_root / "latest", final.name + "\n")
         if best:
-            _write_text_atomic(ckpt_root / "best", final.name + "\n")
+            write_text_atomic(ckpt_root / "best", final.name + "\n")
         kept = _named(ckpt_root, "best")
         steps = sorted(p for p in ckpt_root.glob("step_*") if p.is_dir())
         for old in steps[:-keep_last]:
@@ -141,7 +142,7 @@ def _named(ckpt_root: Path, pointer: str) -> Path | None:
 
 def mark_best(ckpt_root: Path, step: int) -> None:
     """Point checkpoints/best at the (existing) checkpoint of ``step``."""
-    _write_text_atomic(Path(ckpt_root) / "best", f"step_{step:08d}\n")
+    write_text_atomic(Path(ckpt_root) / "best", f"step_{step:08d}\n")
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -165,7 +166,10 @@ def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:
             have = ", ".join(sorted(p.name for p in root.glob("step_*"))) or "none"
             raise UserError(f"--checkpoint {which}: no such checkpoint in {root} (have: {have}; or best, latest)")
         return root / which
-    ckpt = (_named(root, "best") if which == "best" else None) or _named(root, "latest")
+    ckpt = _named(root, "best") if which == "best" else None
+    if ckpt is None and which == "best" and _named(root, "latest") is not None:
+        print(f"note: {path} has no checkpoints/best (no evaluation yet); using checkpoints/latest", file=sys.stderr)
+    ckpt = ckpt or _named(root, "latest")
     if ckpt is None:
         raise UserError(f"{path}: not a checkpoint and holds no checkpoints/latest (has the run saved one yet?)")
     return ckpt

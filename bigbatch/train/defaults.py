@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,9 @@ from bigbatch.errors import UserError
 # (d_model, n_layers); n_heads = d_model / 64
 MODEL_TABLE = [(128, 2), (256, 2), (256, 4), (384, 6), (512, 8), (768, 12)]
 TOKENS_PER_PARAM = 20
-CPU_EFFICIENCY = 0.25  # training tokens/s ~ this x matmul peak / FLOPs per token, measured on small models here
+# training tokens/s ~ this x matmul peak / (6 x weights): 0.44 measured for the 128 x 2 classifier on
+# builtin:debian-descriptions (28k tokens/s at a 150 GFLOP/s matmul peak, 2 cores)
+CPU_EFFICIENCY = 0.4
 
 
 def _replace(cfg: Config, section: str, **values) -> Config:
@@ -49,6 +52,7 @@ class DataStats:
     n_tokens: int
     length_p99: int  # classify: the text; translate: max(source, target + 2); lm: 0
     n_labels: int
+    vocab_size: int = 8000  # of the tokenizer the shards were made with
 
     @classmethod
     def from_shards(cls, shard_dir: Path, manifest: dict, task: str) -> "DataStats":
@@ -56,16 +60,17 @@ class DataStats:
         p99 = 0
         if task != "lm":
             lengths = []
+            step = max(1, train["n_examples"] // 20000)  # a strided sample of ~20k: O(1) memory on any size
             for meta in train["shards"]:
                 if not meta["n_examples"]:
                     continue
                 index = np.load(Path(shard_dir) / meta["idx"], mmap_mode="r")
-                step = max(1, len(index) // 20000)  # a strided sample: O(1) memory on any size
                 sample = index[::step]
                 n = sample["length"] if task == "classify" else np.maximum(sample["length"], sample["tgt_length"] + 2)
                 lengths.append(np.asarray(n))
             p99 = int(np.percentile(np.concatenate(lengths), 99)) if lengths else 0
-        return cls(train["n_examples"], train["n_tokens"], p99, len(manifest.get("labels") or []))
+        return cls(train["n_examples"], train["n_tokens"], p99, len(manifest.get("labels") or []),
+                   manifest["tokenizer"]["vocab_size"])
 
 
 def _round_up(n: int, k: int) -> int:
@@ -93,12 +98,12 @@ def estimate_tokens_per_s(peak_flops: float, d: int, layers: int, task: str, voc
 def choose_model(task: str, budget_tokens: float | None, time_s: float | None, peak_flops: float | None,
                  vocab: int) -> tuple[int, int, float]:
     """(d_model, n_layers, tokens the run can see) from MODEL_TABLE: the largest row it can feed."""
-    best = MODEL_TABLE[0] + (0.0,)
+    best = None
     for d, layers in MODEL_TABLE:
         tokens = budget_tokens if budget_tokens is not None else math.inf
         if time_s is not None and peak_flops:
             tokens = min(tokens, time_s * estimate_tokens_per_s(peak_flops, d, layers, task, vocab))
-        if tokens >= TOKENS_PER_PARAM * _block_params(d, layers, task):
+        if best is None or tokens >= TOKENS_PER_PARAM * _block_params(d, layers, task):
             best = (d, layers, tokens)
     return best
 
@@ -110,7 +115,8 @@ def default_epochs(train_tokens: int) -> int:
 
 def resolve_from_data(cfg: Config, stats: DataStats, world_size: int = 1,
                       peak_flops: float | None = None) -> tuple[Config, list[str]]:
-    """Fill every unset key that depends on the data and the budget; returns the config and one note per key."""
+    """Fill every unset key that depends on the data and the budget; returns the config and one note per key.
+    ``peak_flops``: one device's measured matmul speed (the run has ``world_size`` of them)."""
     notes: list[str] = []
     _check_data(cfg, stats)
     t, m = cfg.train, cfg.model
@@ -126,7 +132,8 @@ def resolve_from_data(cfg: Config, stats: DataStats, world_size: int = 1,
     if t.epochs is None and not bounded:
         cfg = _replace(cfg, "train", epochs=float(default_epochs(stats.n_tokens)))
         notes.append(f"train.epochs={cfg.train.epochs:g} ({stats.n_tokens:,} training tokens)")
-    cfg, model_notes = _resolve_model(cfg, stats, peak_flops)
+    _warn_batch_larger_than_data(cfg, stats)
+    cfg, model_notes = _resolve_model(cfg, stats, peak_flops * world_size if peak_flops else None)
     notes += model_notes
     cfg, run_notes = _resolve_run(cfg, stats)
     return cfg, notes + run_notes
@@ -136,6 +143,19 @@ def _check_data(cfg: Config, stats: DataStats) -> None:
     if cfg.task == "classify" and stats.n_labels < 2:
         raise UserError(f"data.source={cfg.data.source!r}: the label column '{cfg.data.label_field}' has "
                         f"{stats.n_labels} distinct value(s); classification needs at least 2")
+
+
+def _warn_batch_larger_than_data(cfg: Config, stats: DataStats) -> None:
+    """A global batch larger than the whole training split repeats examples inside every step: say so."""
+    t = cfg.train
+    if cfg.task == "lm":
+        batch = t.global_batch_tokens or (t.global_batch_size or 16) * cfg.data.seq_len
+        key = "train.global_batch_tokens" if t.global_batch_tokens else "train.global_batch_size"
+    else:
+        batch, key = t.global_batch_tokens or 0, "train.global_batch_tokens"
+    if batch > stats.n_tokens:
+        print(f"warning: {key} gives {batch:,} tokens per step but the training split holds {stats.n_tokens:,}; "
+              "every step repeats examples (lower it, or leave it unset to size it to the data)", file=sys.stderr)
 
 
 def _resolve_batch(cfg: Config, stats: DataStats, world_size: int) -> tuple[Config, list[str]]:
@@ -149,7 +169,7 @@ def _resolve_batch(cfg: Config, stats: DataStats, world_size: int) -> tuple[Conf
     if total is None:
         # ~1000 steps per pass over the data, 2k .. 32k tokens; at least one longest example per rank
         total = int(2 ** round(math.log2(max(stats.n_tokens / 1000, 1))))
-        total = min(max(total, 2048), 32768)
+        total = min(max(total, 2048), 32768, max(stats.n_tokens // 8, 1))  # a tiny data set: >= 8 steps an epoch
     micro = max(min(total // world_size, 8192), longest)
     total = max(_round_up(total, micro * world_size), micro * world_size)
     if t.global_batch_tokens is None:
@@ -174,7 +194,7 @@ def _resolve_model(cfg: Config, stats: DataStats, peak_flops: float | None) -> t
     if m.d_model is None or m.n_layers is None:
         budgets = [x for x in ((t.epochs or 0) * stats.n_tokens, t.max_tokens,
                                (t.max_steps or 0) * stats.n_tokens / max(_steps_per_epoch(cfg, stats), 1e-9)) if x]
-        vocab = cfg.data.vocab_size if cfg.data.tokenizer in ("bpe", "unigram") else 259
+        vocab = stats.vocab_size
         d, layers, seen = choose_model(cfg.task, min(budgets) if budgets else None, t.max_time_s, peak_flops, vocab)
         if m.d_model is not None:
             d = m.d_model
@@ -200,10 +220,14 @@ def _resolve_run(cfg: Config, stats: DataStats) -> tuple[Config, list[str]]:
     """Run length, cadences, label smoothing, learning rate and schedule."""
     t, o = cfg.train, cfg.optim
     notes, train, optim = [], {}, {}
-    if t.max_steps is None and t.epochs is not None:
-        train["max_steps"] = max(1, math.ceil(t.epochs * _steps_per_epoch(cfg, stats)))
-        notes.append(f"train.max_steps={train['max_steps']:,} ({t.epochs:g} epochs)")
+    if t.epochs is not None:  # with max_steps too: whichever ends first
+        epoch_steps = max(1, math.ceil(t.epochs * _steps_per_epoch(cfg, stats)))
+        if t.max_steps is None or epoch_steps < t.max_steps:
+            train["max_steps"] = epoch_steps
+            notes.append(f"train.max_steps={epoch_steps:,} ({t.epochs:g} epochs)")
     max_steps = train.get("max_steps", t.max_steps)
+    if max_steps is None and t.max_tokens:  # bounded by tokens: the steps that many tokens take
+        max_steps = math.ceil(t.max_tokens / max(stats.n_tokens / _steps_per_epoch(cfg, stats), 1))
     if t.eval_every is None:
         train["eval_every"] = max(1, max_steps // 10) if max_steps else 0
         if t.max_time_s and t.eval_every_s is None:
@@ -229,14 +253,26 @@ def _resolve_run(cfg: Config, stats: DataStats) -> tuple[Config, list[str]]:
                                optim=dataclasses.replace(o, **optim)), notes
 
 
+# a resolved key derived from another: taken from the saved run only while its source is unset too
+DERIVED_FROM = {("optim", "base_lr"): "lr", ("optim", "base_warmup_steps"): "warmup_steps",
+                ("train", "max_steps"): "epochs", ("train", "eval_every_s"): "max_time_s",
+                ("train", "eval_every"): "max_time_s"}
+
+
 def fill_unset_from(saved: Config, cfg: Config) -> Config:
     """The keys ``cfg`` leaves to resolution, taken from ``saved`` (a run's resolved config.yaml), so that
-    resuming a run with the config that started it gives the same model and run length."""
+    resuming a run with the config that started it gives the same model and run length. A value the user
+    sets (a new lr, epochs, time budget) is never replaced, nor are the values derived from it."""
     sections = {}
     for name in ("model", "data", "train", "optim"):
         mine, theirs = getattr(cfg, name), getattr(saved, name)
-        unset = {f.name: getattr(theirs, f.name) for f in dataclasses.fields(mine)
-                 if _is_unset(name, f.name, getattr(mine, f.name))}
+        unset = {}
+        for f in dataclasses.fields(mine):
+            source = DERIVED_FROM.get((name, f.name))
+            if source is not None and getattr(mine, source) is not None and getattr(mine, source) != getattr(theirs, source):
+                continue
+            if _is_unset(name, f.name, getattr(mine, f.name)):
+                unset[f.name] = getattr(theirs, f.name)
         sections[name] = dataclasses.replace(mine, **unset)
     return dataclasses.replace(cfg, **sections)
 

@@ -32,7 +32,7 @@ from bigbatch.evaluate.evaluate import evaluate, translation_scores
 from bigbatch.nn.models import build_model, count_parameters, flops_per_token
 from bigbatch.objectives import OBJECTIVES
 from bigbatch.train.checkpoint import (latest_checkpoint, load_model, load_training_state, mark_best, save_checkpoint,
-                                       unwrap)
+                                       unwrap, write_text_atomic)
 from bigbatch.train.memory import auto_micro_batch, probe, rows_per_micro_batch
 from bigbatch.train.metrics import MetricsLogger, peak_flops
 from bigbatch.train.noise import NoiseScale
@@ -170,12 +170,13 @@ def _train(cfg: Config, run_dir, progress: bool, dist: Dist, device: torch.devic
         _restore_rng(saved["rng"], dist, cfg.train.seed)
         state = {"step": saved["step"], "tokens": saved["tokens"]}
         noise_state = saved.get("noise")
-        clocks = (saved.get("train_seconds", 0.0), saved.get("last_eval_clock", 0.0), saved.get("best"))
+        clocks = (saved.get("train_seconds", 0.0), saved.get("last_eval_clock", 0.0), saved.get("best"),
+                  saved.get("early_stopped", False))
         if dist.is_main:
             print(f"resuming {run_dir} from {ckpt.name} (step {state['step']}, {state['tokens']:,} tokens)",
                   file=sys.stderr)
     if dist.is_main:
-        (run_dir / "config.yaml").write_text(cfg.to_yaml())
+        write_text_atomic(run_dir / "config.yaml", cfg.to_yaml())
         data.save_to_run(run_dir)
     ctx = _Context(cfg, plan, model, optimizer, scheduler, data, valid, device, run_dir,
                    MetricsLogger(run_dir, resume_step=state["step"] if ckpt else None, enabled=dist.is_main),
@@ -189,6 +190,7 @@ def _train(cfg: Config, run_dir, progress: bool, dist: Dist, device: torch.devic
         ctx.last_eval_clock = clocks[1]
         if clocks[2] and clocks[2]["metric"] == ctx.best.metric:
             ctx.best.load_state_dict(clocks[2])
+        ctx.early_stopped, ctx.saved_step = clocks[3], state["step"]
     try:
         with _StopSignal() as stop:
             _run(ctx, state, stop, progress)
@@ -236,6 +238,8 @@ class _Context:
     clock: float = 0.0  # rank 0's train_seconds, the same on every rank: schedule, cadence and budget follow it
     last_eval_clock: float = 0.0
     early_stopped: bool = False
+    saved_step: int = -1  # the step of the last checkpoint this process wrote
+    last_eval_step: int = -1
     start_seconds: float = 0.0  # train_seconds at the start of this process (a resumed run's earlier time)
 
 
@@ -346,9 +350,9 @@ def _grad_sq_norm(model: torch.nn.Module) -> torch.Tensor:
 
 
 def _done(ctx: _Context, state: dict) -> bool:
-    """max_steps or max_tokens reached (the same answer on every rank: both counts are global)."""
+    """max_steps or max_tokens reached, or stopped early (the same answer on every rank: all are global)."""
     t = ctx.cfg.train
-    return bool(t.max_steps and state["step"] >= t.max_steps) or bool(t.max_tokens and state["tokens"] >= t.max_tokens)
+    return ctx.early_stopped or bool(t.max_steps and state["step"] >= t.max_steps) or bool(t.max_tokens and state["tokens"] >= t.max_tokens)
 
 
 def _progress(ctx: _Context, state: dict) -> float:
@@ -425,7 +429,7 @@ def _run(ctx: _Context, state: dict, stop: _StopSignal, progress: bool) -> None:
         last = _done(ctx, state) or result.time_up
         saved = False
         if not last and eval_due(ctx.cfg, state["step"], ctx.clock, ctx.last_eval_clock):
-            ctx.last_eval_clock = ctx.clock
+            ctx.last_eval_clock, ctx.last_eval_step = ctx.clock, state["step"]
             improved = ctx.best.update(state["step"], _evaluate(ctx, state, final=False))
             if improved or not t.save_every:
                 _save(ctx, state, best=improved)
@@ -444,7 +448,8 @@ def _run(ctx: _Context, state: dict, stop: _StopSignal, progress: bool) -> None:
             ctx.early_stopped = True
             break
     bar.close()
-    _save(ctx, state)
+    if ctx.saved_step != state["step"]:
+        _save(ctx, state)
     if ctx.stopped and ctx.dist.is_main:
         print(f"stopped by signal {stop.signum or '(on another rank)'} at step {state['step']}; checkpoint written to "
               f"{ctx.run_dir / 'checkpoints'}", file=sys.stderr)
@@ -452,7 +457,8 @@ def _run(ctx: _Context, state: dict, stop: _StopSignal, progress: bool) -> None:
 
 def _evaluate(ctx: _Context, state: dict, final: bool) -> dict:
     """Validation on every rank (each its share of the split; sums added over the ranks); translation
-    BLEU / chrF decoded on rank 0 (a fixed seeded sample) and shared."""
+    BLEU / chrF decoded on rank 0 (a fixed seeded sample) and shared. ``final``: the whole split (BLEU: a
+    larger sample), logged with "full": true; otherwise the periodic sample, the same at every evaluation."""
     sharded = ctx.strategy == "fsdp"
     model = ctx.model if sharded else unwrap(ctx.model)  # DDP's forward is not needed to evaluate
     batches = ctx.valid.eval_batches() if final else periodic_batches(ctx.cfg, ctx.valid)
@@ -468,7 +474,8 @@ def _evaluate(ctx: _Context, state: dict, final: bool) -> dict:
                                         ctx.data.tokenizer, ctx.device, max_sentences=None)
             scores = {"bleu": scores["bleu"], "chrf": scores["chrf"], "bleu_sentences": scores["sentences"]}
         result.update(ctx.dist.broadcast(scores))
-    ctx.logger.log({"step": state["step"], "tokens": state["tokens"], "split": "valid", **result})
+    ctx.logger.log({"step": state["step"], "tokens": state["tokens"], "split": "valid", **result,
+                    **({"full": True} if final else {})})
     return result
 
 
@@ -479,16 +486,19 @@ def _save(ctx: _Context, state: dict, best: bool = False) -> None:
     trainer_state = {"scheduler": ctx.scheduler.state_dict(), "data": ctx.data.train.state_dict(),
                      "rng": rng, "noise": ctx.noise.state_dict(), "world_size": ctx.dist.world_size,
                      "parallel": ctx.strategy, "train_seconds": ctx.clock, "last_eval_clock": ctx.last_eval_clock,
-                     "best": ctx.best.state_dict(), **state}
+                     "best": ctx.best.state_dict(), "early_stopped": ctx.early_stopped, **state}
     save_checkpoint(ctx.run_dir / "checkpoints", state["step"], ctx.model, ctx.optimizer, trainer_state,
                     ctx.cfg, ctx.cfg.train.keep_last, ctx.dist, best=best)
+    ctx.saved_step = state["step"]
 
 
 def _finish(ctx: _Context, state: dict, wall_s: float) -> dict:
-    """Final full validation on every rank; the final model becomes best if it is; rank 0 then reports."""
+    """The final model is scored on the periodic sample (comparable with the earlier evaluations, so it
+    becomes best only if it is) unless that was just done, then on the whole split for the report."""
+    if ctx.last_eval_step != state["step"]:
+        if ctx.best.update(state["step"], _evaluate(ctx, state, final=False)) and ctx.dist.is_main:
+            mark_best(ctx.run_dir / "checkpoints", state["step"])
     result = _evaluate(ctx, state, final=True)
-    if ctx.best.update(state["step"], result) and ctx.dist.is_main:
-        mark_best(ctx.run_dir / "checkpoints", state["step"])
     ctx.dist.barrier()
     if not ctx.dist.is_main:
         return {"run_dir": str(ctx.run_dir), "step": state["step"], "tokens": state["tokens"]}

@@ -22,7 +22,8 @@ def measure_noise_scale(cfg: Config, steps: int = 50, progress: bool = True) -> 
     if steps < 5:
         raise UserError(f"--steps {steps}: the estimate needs at least 5 steps")
     plan = plan_batch(cfg)
-    train_cfg = dataclasses.replace(cfg.train, max_steps=steps, eval_every=0, save_every=0, sample_tokens=0)
+    train_cfg = dataclasses.replace(cfg.train, max_steps=steps, eval_every=0, save_every=0, sample_tokens=0,
+                                    max_time_s=None, max_tokens=None, epochs=None, eval_every_s=None, baseline=False)
     if plan.accum_steps < 2:  # the estimator needs two batch sizes: split the global batch
         if plan.unit == "tokens":
             train_cfg = dataclasses.replace(train_cfg, micro_batch_tokens=plan.micro // 2,
@@ -33,7 +34,8 @@ def measure_noise_scale(cfg: Config, steps: int = 50, progress: bool = True) -> 
             global_rows = plan.micro // 2 * 2
             train_cfg = dataclasses.replace(train_cfg, micro_batch_size=global_rows // 2, global_batch_size=global_rows,
                                             global_batch_tokens=None)
-    optim = dataclasses.replace(cfg.optim, warmup_steps=min(cfg.optim.warmup_steps, steps // 2))
+    warmup = cfg.optim.warmup_steps
+    optim = dataclasses.replace(cfg.optim, warmup_steps=None if warmup is None else min(warmup, steps // 2))
     probe = dataclasses.replace(cfg, train=train_cfg, optim=optim)
     with tempfile.TemporaryDirectory(prefix="bigbatch-noise-") as run_dir:
         summary = train(probe, run_dir, progress=progress)

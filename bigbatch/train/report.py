@@ -52,6 +52,8 @@ def _baseline(cfg: Config, shard_dir: Path) -> dict:
         return baseline_cached(cfg, "valid", shard_dir)
     except UserError as e:  # an optional dependency missing: say so beside the model's numbers
         return {"error": str(e)}
+    except Exception as e:  # noqa: BLE001 - the trained run must still be reported; the failure is named
+        return {"error": f"the baseline failed: {type(e).__name__}: {e}"}
 
 
 def describe_baseline(base: dict) -> str:

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from bigbatch.config import Config
 
@@ -25,6 +26,10 @@ def metric_for(cfg: Config, strategy: str = "none") -> str:
     if metric == "auto":
         metric = {"classify": "accuracy", "translate": "bleu"}.get(cfg.task, "loss")
     if metric == "bleu" and strategy == "fsdp":
+        import sys
+
+        print("note: train.best_metric bleu needs the whole model on one rank to decode; under fsdp the validation "
+              "loss chooses checkpoints/best", file=sys.stderr)
         return "loss"
     allowed = {"classify": ("loss", "accuracy", "macro_f1"), "translate": ("loss", "bleu"), "lm": ("loss",)}
     if metric not in allowed.get(cfg.task, ("loss",)):
@@ -52,7 +57,8 @@ class BestTracker:
     def update(self, step: int, result: dict) -> bool:
         """Record an evaluation; True when it is a new best."""
         value = result.get(self.metric)
-        if value is None:
+        if value is None or not math.isfinite(value):
+            self.since += 1  # a diverged evaluation counts against patience, never as a best
             return False
         if self.better(value):
             self.value, self.step, self.since = float(value), step, 0
