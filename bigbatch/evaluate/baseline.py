@@ -62,11 +62,25 @@ def baseline(cfg, split: str = "valid", max_train_examples: int | None = None, s
     elif task == "translate":
         result = translate_baseline([r["src"] for r in train], [r["tgt"] for r in train],
                                     [r["src"] for r in evals], [r["tgt"] for r in evals])
-    else:
-        result = lm_baseline([r["text"] for r in train], [r["text"] for r in evals])
+    else:  # one document larger than the cap (a whole-file .txt) is cut to it: memory stays bounded
+        result = lm_baseline(_cut_to(train, TRAIN_CAP["lm"][1]), _cut_to(evals, EVAL_CAP["lm"][1]))
     return {"task": task, "split": split, **result, "train_examples": len(train), "eval_examples": len(evals),
             "train_examples_total": train_total, "eval_examples_total": eval_total,
             "seconds": round(time.time() - start, 2)}
+
+
+def _cut_to(records: list[dict], max_bytes: int) -> list[str]:
+    """The texts of ``records`` cut so that together they hold at most about ``max_bytes`` UTF-8 bytes."""
+    out, left = [], max_bytes
+    for r in records:
+        text = r["text"]
+        if len(text) > left:  # characters >= bytes / 4: cutting by characters bounds the bytes too
+            text = text[:left]
+        out.append(text)
+        left -= len(text.encode("utf-8"))
+        if left <= 0:
+            break
+    return out
 
 
 def _read(records: Iterator[dict], split: str, progress: bool) -> Iterator[dict]:
