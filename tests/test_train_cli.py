@@ -42,7 +42,7 @@ def test_train_writes_the_run_directory(tiny_run):
     assert all(r["loss"] > 0 and r["tokens_per_s"] > 0 and r["mfu"] is None for r in rows)
     assert rows[-1]["loss"] < rows[0]["loss"]
     valid = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if '"split"' in x]
-    assert [r["step"] for r in valid] == [50, 100]
+    assert [(r["step"], r.get("full", False)) for r in valid] == [(50, False), (100, False), (100, True)]
     assert summary["valid_bits_per_byte"] < summary["unigram_bits_per_byte"]  # 100 tiny steps already beat it
     assert "bits/byte" in stderr and "unigram baseline" in stderr and "sample (prompt 'def ')" in stderr
     saved = load_config(run_dir / "config.yaml")
@@ -122,7 +122,8 @@ def test_sigterm_checkpoints_and_exits(tmp_path):
     (["train", "missing.yaml"], "cannot read config missing.yaml"),
     (["train", "--set", "data.source=/nonexistent/*.txt"], "no such file"),
     (["train", "--set", "data.source=builtin:nope"], "builtin:nope is unknown"),
-    (["train", "--set", "optim.warmup_steps=2000"], "optim.warmup_steps=2000 must be smaller than train.max_steps=700"),
+    (["train", "--set", "train.max_steps=700", "--set", "optim.warmup_steps=2000"],
+     "optim.warmup_steps=2000 must be smaller than train.max_steps=700"),
     (["train", "--set", "train.global_batch_size=10", "--set", "train.micro_batch_size=4"], "not a whole number"),
     (["train", "--set", "data.seq_len=512"], "data.seq_len=512 is longer than model.max_len=256"),
     (["generate", "/nonexistent/run", "--prompt", "x"], "no such run or checkpoint directory"),

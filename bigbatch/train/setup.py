@@ -112,6 +112,9 @@ def setup_run(cfg: Config, device: torch.device, dist: Dist = ONE_PROCESS, progr
     if saved is not None:
         cfg = fill_unset_from(load_config(saved / "config.yaml"), cfg)
     cfg, notes = resolve_before_data(cfg)
+    t = cfg.train
+    if cfg.task == "lm" or t.micro_batch_tokens or t.micro_batch_size or t.global_batch_size:
+        plan_batch(cfg, dist.world_size)  # a batch that cannot be planned fails now, before any data is prepared
     preparer = dist.local_rank == 0
     shard_dir = shard_dir_for(cfg, progress, preparer)
     stats = DataStats.from_shards(shard_dir, read_manifest(shard_dir), cfg.task)
