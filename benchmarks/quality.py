@@ -176,7 +176,8 @@ def write_doc(results: list[dict], path: Path) -> None:
         task = (r["config"] or {"task": "lm"})["task"]
         train = (f"{r['summary']['train_seconds']:.0f} s, step {r['summary']['step']}, best step "
                  f"{r['summary']['best_step']}")
-        lines.append(f"| {r['name']} ({r['split']}, {ev['examples']:,} examples) | {task} | {model} | {bl} | "
+        scored = f"{ev['examples']:,} examples" if "examples" in ev else f"{ev['rows']:,} rows of tokens"
+        lines.append(f"| {r['name']} ({r['split']}, {scored}) | {task} | {model} | {bl} | "
                      f"{verdict(r)} | {train} |")
     lines += ["", CALIBRATION, "", "## Configs and what was resolved", ""]
     for r in results:

@@ -199,8 +199,9 @@ class TrainConfig:
     baseline: bool = True
     """At the end, fit the strong simple baseline on the same splits and report it beside the model
     (bigbatch baseline; TF-IDF + logistic regression needs scikit-learn)."""
-    sample_prompt: str = "def "
-    """Language models: prompt of the sample printed at the end ("" = none)."""
+    sample_prompt: Optional[str] = None
+    """Language models: prompt of the sample printed at the end ("" = none; None = the first words of the
+    validation split)."""
     sample_tokens: int = 200
     """Language models: length of the sample printed at the end."""
 

@@ -15,7 +15,7 @@ def default_lm() -> Config:
         model=ModelConfig(d_model=192, n_heads=3, n_layers=4, max_len=256, pos="learned", dropout=0.0),
         data=DataConfig(source="builtin:python-stdlib", tokenizer="bpe", vocab_size=4096, seq_len=256),
         train=TrainConfig(max_time_s=280.0, global_batch_size=16, eval_every=0, eval_every_s=60.0, eval_batches=8,
-                          log_every=10, seed=0),
+                          log_every=10, seed=0, sample_prompt="def "),
         optim=OptimConfig(name="adamw", lr=3e-3, weight_decay=0.1, betas=(0.9, 0.95),
                           warmup_steps=50, schedule="wsd", min_lr_ratio=0.0),
     )

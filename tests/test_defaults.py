@@ -17,10 +17,10 @@ STATS = DataStats(n_examples=40_000, n_tokens=4_000_000, length_p99=180, n_label
 
 
 def test_vocabulary_grows_with_the_corpus():
-    assert vocab_for(1_000_000) == 4000 // 64 * 64
-    assert vocab_for(10_000_000) == 8000 // 64 * 64
-    assert vocab_for(100_000_000) == 16000 // 64 * 64
-    assert vocab_for(10) == 2000 // 64 * 64 and vocab_for(10**12) == 32000
+    assert vocab_for(1_000_000) == 4032  # 4000 rounded up to a multiple of 64
+    assert vocab_for(10_000_000) == 8000
+    assert vocab_for(100_000_000) == 16000
+    assert vocab_for(10) == 2048 and vocab_for(10**12) == 32000
 
 
 def test_tokenizer_by_task_and_source(tmp_path):

@@ -67,14 +67,15 @@ def test_translation_end_to_end(tmp_path):
                "--set", "model.d_model=64", "--set", "model.n_heads=4", "--set", "model.n_layers=2",
                "--set", "model.max_len=64", "--set", "train.max_steps=500", "--set", "train.micro_batch_tokens=1024",
                "--set", "train.eval_every=0", "--set", "train.save_every=0", "--set", "optim.lr=2e-3",
-               "--set", "optim.warmup_steps=30")
+               "--set", "optim.warmup_steps=30", "--set", "train.baseline=false")
     summary = json.loads(proc.stdout)
     assert summary["valid_bleu"] > 50, summary
     assert (run / "tokenizer.json").exists()
     out = cli("translate", run, "cat dog sun moon", "--beam", "2").stdout.strip()
     assert out == "moon sun dog cat"
-    ev = json.loads(cli("eval", run, "--json").stdout)
-    assert ev["bleu"] > 50 and ev["chrf"] > 50
+    ev = json.loads(cli("eval", run, "--json", "--beam", "2").stdout)
+    assert ev["bleu"] > 50 and ev["chrf"] > 50 and ev["examples"] == summary["valid_examples"]
+    assert ev["baseline"]["method"] in ("copy_source", "word_dictionary") and ev["bleu"] > ev["baseline"]["bleu"]
 
 
 def test_wrong_task_for_command(classify_run):

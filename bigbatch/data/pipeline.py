@@ -41,7 +41,7 @@ def source_bytes(source: str) -> int:
 def vocab_for(n_bytes: int) -> int:
     """Vocabulary size for a corpus of ``n_bytes``: 4k at 1 MB, x2 per 10x, in [2k, 32k], a multiple of 64."""
     v = 4000 * 2 ** math.log10(max(n_bytes, 1) / 1e6)
-    return int(min(max(v, 2000), 32000)) // 64 * 64
+    return -(-int(min(max(v, 2000), 32000)) // 64) * 64
 
 
 def resolve_before_data(cfg: Config) -> tuple[Config, list[str]]:

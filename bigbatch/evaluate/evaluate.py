@@ -64,7 +64,7 @@ def evaluate(model, task: str, batches, device, autocast=contextlib.nullcontext,
         if confusion is not None:
             confusion = np.array(sums[3:], dtype=np.int64).reshape(confusion.shape)
     loss = loss_sum / max(n_targets, 1)
-    out = {"loss": loss, "eval_targets": n_targets, "examples": n_examples}  # examples: rows (lm: packed rows)
+    out = {"loss": loss, "eval_targets": n_targets, ("rows" if task == "lm" else "examples"): n_examples}
     if task in ("lm", "translate"):
         out["perplexity"] = math.exp(min(loss, 50.0))
     if task == "lm" and bytes_per_token:

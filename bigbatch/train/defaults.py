@@ -55,6 +55,8 @@ class DataStats:
     length_p99: int  # classify: the text; translate: max(source, target + 2); lm: 0
     n_labels: int
     vocab_size: int = 8000  # of the tokenizer the shards were made with
+    n_valid: int = 0
+    n_test: int = 0
 
     @classmethod
     def from_shards(cls, shard_dir: Path, manifest: dict, task: str) -> "DataStats":
@@ -71,8 +73,9 @@ class DataStats:
                 n = sample["length"] if task == "classify" else np.maximum(sample["length"], sample["tgt_length"] + 2)
                 lengths.append(np.asarray(n))
             p99 = int(np.percentile(np.concatenate(lengths), 99)) if lengths else 0
+        splits = manifest["splits"]
         return cls(train["n_examples"], train["n_tokens"], p99, len(manifest.get("labels") or []),
-                   manifest["tokenizer"]["vocab_size"])
+                   manifest["tokenizer"]["vocab_size"], splits["valid"]["n_examples"], splits["test"]["n_examples"])
 
 
 def _round_up(n: int, k: int) -> int:
@@ -145,6 +148,13 @@ def _check_data(cfg: Config, stats: DataStats) -> None:
     if cfg.task == "classify" and stats.n_labels < 2:
         raise UserError(f"data.source={cfg.data.source!r}: the label column '{cfg.data.label_field}' has "
                         f"{stats.n_labels} distinct value(s); classification needs at least 2")
+    small = 50 if cfg.task != "lm" else 2
+    if 0 < stats.n_valid < small:
+        print(f"warning: the validation split holds {stats.n_valid} example(s): checkpoints/best and early stopping "
+              "are chosen on them; give data.valid_source or more data", file=sys.stderr)
+    if stats.n_test == 0:
+        print("warning: the test split is empty (bigbatch eval --split test will refuse); give data.test_source "
+              "or more data", file=sys.stderr)
 
 
 def _warn_batch_larger_than_data(cfg: Config, stats: DataStats) -> None:

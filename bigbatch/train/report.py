@@ -24,7 +24,7 @@ def report(cfg: Config, model: torch.nn.Module, data, valid, run_dir: Path, devi
     line = f"valid: loss {result['loss']:.4f} nats/target"
     if cfg.task == "lm":
         summary["unigram_bits_per_byte"] = unigram_baseline(data.train, valid, data.tokenizer.vocab_size)
-        line += (f", {result['bits_per_byte']:.3f} bits/byte (unigram baseline "
+        line += (f", {result['bits_per_byte']:.3f} bits/byte (token-unigram baseline "
                  f"{summary['unigram_bits_per_byte']:.3f} bits/byte)")
     elif cfg.task == "classify":
         line += f", accuracy {result['accuracy']:.4f}, macro-F1 {result['macro_f1']:.4f}"
@@ -40,7 +40,7 @@ def report(cfg: Config, model: torch.nn.Module, data, valid, run_dir: Path, devi
         print(f"best: {extra['best_metric']} {extra['best_value']:.4f} at step {extra['best_step']} "
               f"(checkpoints/best; eval, classify, translate and generate use it)", file=sys.stderr)
     if cfg.task == "lm":
-        print_sample(cfg, model, data.tokenizer, device)
+        print_sample(cfg, model, data.tokenizer, device, valid)
     return summary
 
 
@@ -73,8 +73,11 @@ def unigram_baseline(train, valid, vocab_size: int) -> float:
                                  valid.shards.bytes_per_token)
 
 
-def print_sample(cfg: Config, model, tok, device) -> None:
+def print_sample(cfg: Config, model, tok, device, valid=None) -> None:
     prompt, n = cfg.train.sample_prompt, cfg.train.sample_tokens
+    if prompt is None and valid is not None:  # the start of the first validation document
+        shard = valid.shards.shards[0]
+        prompt = tok.decode(shard.read(0, min(8, shard.n_tokens)).tolist())
     if not (prompt and n):
         return
     gen = torch.Generator(device=device).manual_seed(cfg.train.seed)
