@@ -343,6 +343,10 @@ def test_translation_batches(tmp_path):
     lengths = b["tgt_mask"].sum(1)
     assert all(b["tgt_ids"][i, n - 1] == 256 for i, n in enumerate(lengths.tolist()))  # eos ends each target
     assert b["n_targets"] == int((lengths - 1).sum())
+    # a max_len off the padding grid: sources are cut to it and never padded past it (the model's positions)
+    short = ExampleLoader(ShardSet(out, "train"), "translate", max_len=56, max_tokens=4096)
+    for batch in short.eval_batches():
+        assert batch["src_ids"].size(1) <= 56 and batch["tgt_ids"].size(1) - 1 <= 56
 
 
 # --------------------------------------------------------------------------- gettext

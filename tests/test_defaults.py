@@ -117,6 +117,8 @@ def test_time_bounded_run_ends_annealed_and_keeps_its_budget_on_resume(tmp_path)
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     lrs = [r["lr"] for r in rows if "lr" in r]
     assert max(lrs) > 10 * lrs[-1]  # annealed: the last lr is far below the peak
+    periodic = [r for r in rows if r.get("split") == "valid" and not r.get("full")]
+    assert 6 <= len(periodic) <= 11  # train.eval_every_s = max_time_s / 10: about ten evaluations by the clock
     assert 4 <= first["train_seconds"] < 8
     second = json.loads(run_cli(*args).stdout)
     assert second["step"] == first["step"]  # the budget was spent: resumed, no further step

@@ -134,7 +134,8 @@ class ExampleLoader:
         src = [s.read(r["offset"], r["offset"] + min(r["length"], self.max_len)) for r in rows]
         tgt = [s.read(r["offset"] + r["length"], r["offset"] + r["length"] + min(r["tgt_length"], self.max_len - 1))
                for r in rows]
-        ws, wt = self._pad(max(len(x) for x in src)), self._pad(max(len(x) for x in tgt) + 2)
+        # sources are cut to max_len, so their padded width never passes it (the target's may: bos + max_len)
+        ws, wt = min(self._pad(max(len(x) for x in src)), self.max_len), self._pad(max(len(x) for x in tgt) + 2)
         src_ids = torch.full((len(rows), ws), self.pad_id, dtype=torch.long)
         tgt_ids = torch.full((len(rows), wt), self.pad_id, dtype=torch.long)
         src_len, tgt_len = torch.tensor([len(x) for x in src]), torch.tensor([len(x) + 2 for x in tgt])
