@@ -185,7 +185,8 @@ def test_non_finite_steps_are_skipped_then_stop(tmp_path, monkeypatch):
     assert [r["step"] for r in rows if r.get("skipped")] == [3, 4]
     assert all(r["loss"] == r["loss"] for r in rows if not r.get("skipped") and "split" not in r)
 
-    monkeypatch.setitem(objectives.OBJECTIVES, "lm", lambda m, b: (lambda s, n, lg: (s * float("nan"), n, lg))(*real(m, b)))
+    monkeypatch.setitem(objectives.OBJECTIVES, "lm",
+                        lambda m, b, **kw: (lambda s, n, lg: (s * float("nan"), n, lg))(*real(m, b, **kw)))
     with pytest.raises(TrainingError, match="not finite for 3 steps in a row"):
         train(load_config(TINY, base + ["train.max_bad_steps=3"]), tmp_path / "diverged", progress=False)
 
