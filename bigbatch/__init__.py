@@ -1,6 +1,11 @@
 """bigbatch: train Transformer models on large datasets with large batches."""
 
-__version__ = "0.1.0"
+import importlib.metadata
+
+try:
+    __version__ = importlib.metadata.version("bigbatch")  # pyproject.toml's, as installed: one place to bump
+except importlib.metadata.PackageNotFoundError:  # a source tree on sys.path that was never pip-installed
+    __version__ = "0+unknown"
 
 
 def load(path, checkpoint: str = "best"):

@@ -11,6 +11,7 @@ import os
 import sys
 from pathlib import Path
 
+from bigbatch import __version__
 from bigbatch.errors import TrainingError, UserError
 
 
@@ -83,22 +84,15 @@ def _launch(args, cfg) -> int:
     os.execv(sys.executable, cmd)  # signals (Ctrl-C, SIGTERM) now reach torchrun, which passes them on
 
 
-def _run_dir_of(path: str, which: str = "best") -> Path:
-    from bigbatch.train.checkpoint import resolve_checkpoint
-
-    ckpt = resolve_checkpoint(path, which)
-    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt
-
-
 def _load(path: str, task: str, which: str = "best"):
-    """(model, config, tokenizer) of a run or checkpoint, checking it was trained for ``task``."""
+    """(model, config, tokenizer, labels) of a run or checkpoint, checking it was trained for ``task``."""
     from bigbatch import load
-    from bigbatch.data.pipeline import tokenizer_of
+    from bigbatch.train.checkpoint import checkpoint_assets, resolve_checkpoint
 
     model, cfg = load(path, which)
     if cfg.task != task:
         raise UserError(f"{path}: this command needs a task={task} run, this one has task={cfg.task}")
-    return model, cfg, tokenizer_of(_run_dir_of(path, which))
+    return (model, cfg, *checkpoint_assets(resolve_checkpoint(path, which), cfg))
 
 
 def _inputs(texts: list[str]) -> list[str]:
@@ -113,7 +107,7 @@ def cmd_generate(args) -> int:
 
     from bigbatch.nn.generate import generate
 
-    model, cfg, tokenizer = _load(args.run, "lm", args.checkpoint)
+    model, cfg, tokenizer, _ = _load(args.run, "lm", args.checkpoint)
     ids = tokenizer.encode(args.prompt).astype("int64")
     if len(ids) == 0:
         raise UserError("--prompt is empty: give at least one character to continue")
@@ -129,7 +123,7 @@ def cmd_translate(args) -> int:
 
     from bigbatch.nn.generate import translate
 
-    model, cfg, tokenizer = _load(args.run, "translate", args.checkpoint)
+    model, cfg, tokenizer, _ = _load(args.run, "translate", args.checkpoint)
     for line in _inputs(args.text):
         ids = torch.from_numpy(tokenizer.encode(line)[: cfg.model.max_len].astype("int64"))[None]
         out = translate(model, ids, tokenizer.bos_id, tokenizer.eos_id, cfg.model.max_len - 1, beam=args.beam,
@@ -141,15 +135,13 @@ def cmd_translate(args) -> int:
 def cmd_classify(args) -> int:
     import torch
 
-    model, cfg, tokenizer = _load(args.run, "classify", args.checkpoint)
-    labels_file = _run_dir_of(args.run, args.checkpoint) / "labels.json"
-    labels = json.loads(labels_file.read_text()) if labels_file.exists() else None
+    model, cfg, tokenizer, labels = _load(args.run, "classify", args.checkpoint)
     with torch.no_grad():
         for line in _inputs(args.text):
             ids = torch.from_numpy(tokenizer.encode(line)[: cfg.model.max_len].astype("int64"))[None]
             probs = model(ids, torch.ones_like(ids, dtype=torch.bool)).softmax(-1)[0]
             k = int(probs.argmax())
-            label = labels[k] if labels else str(k)
+            label = labels[k]
             print(json.dumps({"label": label, "p": round(float(probs[k]), 4)}) if args.json else f"{label}\t{line}")
     return 0
 
@@ -159,7 +151,8 @@ def cmd_eval(args) -> int:
 
     result = evaluate_run(args.run, args.split, checkpoint=args.checkpoint, beam=args.beam,
                           length_penalty=args.length_penalty, max_examples=args.max_examples, seed=args.seed,
-                          decode=not args.no_decode, baseline=not args.no_baseline, progress=not args.json)
+                          decode=not args.no_decode, baseline=not args.no_baseline, device=args.device,
+                          progress=not args.json)
     if args.json:
         print(json.dumps(result))
         return 0
@@ -187,6 +180,12 @@ def cmd_prepare(args) -> int:
     if not args.config and not args.source:
         raise UserError("give a CONFIG.yaml or --source SRC")
     cfg = load_config(args.config, sets)
+    if args.verify:
+        from bigbatch.data.prepare import verify_prepared
+
+        out, n_files = verify_prepared(prepare_spec(cfg), args.out or cfg.data.shard_dir)
+        print(f"OK: {n_files} shard files in {out} match manifest.json")
+        return 0
     out = prepare(prepare_spec(cfg), args.out or cfg.data.shard_dir)
     manifest = json.loads((out / "manifest.json").read_text())
     for split, info in manifest["splits"].items():
@@ -263,6 +262,7 @@ def cmd_plot(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bigbatch", description="Train Transformers on large data with large batches.")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a model (no CONFIG: the embedded default LM)")
@@ -299,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0, help="seed of the --max-examples sample")
     e.add_argument("--no-decode", action="store_true", help="translation: loss only, no BLEU / chrF")
     e.add_argument("--no-baseline", action="store_true", help="leave out the strong simple baseline")
+    e.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default: the run's train.device)")
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.set_defaults(func=cmd_eval)
 
@@ -325,6 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", help="output directory (default: the cache, keyed by fingerprint)")
     pr.add_argument("--workers", type=int, default=0, help="tokenising processes (default data.num_workers)")
     pr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    pr.add_argument("--verify", action="store_true", help="re-hash the prepared shards against manifest.json "
+                    "(opening them checks sizes only); exit 2 naming the first file that differs")
     pr.set_defaults(func=cmd_prepare)
 
     bl = sub.add_parser("baseline", help="simple strong baselines (TF-IDF + logistic regression, word dictionary, "
@@ -359,6 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("runs", nargs="+", help="run directories")
     pl.add_argument("--out", default="plots.png")
     pl.set_defaults(func=cmd_plot)
+    for command in sub.choices.values():  # --debug after the subcommand too; SUPPRESS keeps one given before
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     return p
 
 

@@ -17,7 +17,7 @@ def default_lm() -> Config:
         train=TrainConfig(max_time_s=280.0, global_batch_size=16, eval_every=0, eval_every_s=60.0, eval_batches=8,
                           log_every=10, seed=0, sample_prompt="def "),
         optim=OptimConfig(name="adamw", lr=3e-3, weight_decay=0.1, betas=(0.9, 0.95),
-                          warmup_steps=50, schedule="wsd", min_lr_ratio=0.0),
+                          warmup_fraction=0.08, schedule="wsd", min_lr_ratio=0.0),
     )
 
 

@@ -50,7 +50,7 @@ def one_process(tmp_path_factory):
     """2 SGD steps, global batch 8 rows = 4 micro-batches of 2 in one process."""
     overrides = QUIET + ["train.max_steps=2", "train.global_batch_size=8", "train.micro_batch_size=2",
                          "optim.name=sgd", "optim.lr=0.5", "optim.warmup_steps=0", "train.grad_clip=0",
-                         "train.save_every=1", "train.keep_last=2"]
+                         "train.save_every=1", "train.keep_last=2", "train.peak_flops=1e12"]
     run_dir = tmp_path_factory.mktemp("one") / "run"
     train(load_config(TINY, overrides), run_dir, progress=False)
     return run_dir, overrides
@@ -70,6 +70,8 @@ def test_two_ranks_equal_one_process(one_process, parallel, tmp_path):
     for a, b in zip(ref, got):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-6)
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-5)
+        # MFU is per device: the 2 ranks' summed tokens/s over 2 devices' peak
+        assert b["mfu"] / b["tokens_per_s"] == pytest.approx(a["mfu"] / a["tokens_per_s"] / 2, rel=1e-9)
 
 
 def test_two_nodes_by_the_documented_torchrun_lines(one_process, tmp_path):

@@ -1,6 +1,7 @@
 """Classification and translation through the real command line: prepare on the fly, train, eval, predict."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -53,6 +54,27 @@ def test_classify_and_eval_commands(classify_run):
     assert json.loads(cli("eval", run, "--split", "test", "--json").stdout)["accuracy"] > 0.9
 
 
+def test_a_checkpoint_copied_out_of_its_run_answers_the_same(classify_run, tmp_path):
+    """A checkpoint directory carries its tokenizer and class names; one that lacks them is refused."""
+    run, _ = classify_run
+    best = run / "checkpoints" / (run / "checkpoints" / "best").read_text().strip()
+    assert {"tokenizer.json", "labels.json"} <= {p.name for p in best.iterdir()}
+    shipped = tmp_path / "shipped"
+    shutil.copytree(best, shipped)
+    args = ["--json", "my old apple", "the big hammer", "a small plum"]
+    assert cli("classify", shipped, *args).stdout == cli("classify", run, *args).stdout
+    for name in ("tokenizer.json", "labels.json"):  # as a checkpoint of an earlier version, outside its run
+        old = tmp_path / f"old-{name}"
+        shutil.copytree(best, old)
+        (old / name).unlink()
+        sums = json.loads((old / "checksums.json").read_text())
+        del sums[name]
+        (old / "checksums.json").write_text(json.dumps(sums))
+        proc = cli("classify", old, "an apple", check=False)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+        assert f"no {name}" in proc.stderr
+
+
 def test_translation_end_to_end(tmp_path):
     """Learn to reverse the word order from JSONL with custom field names."""
     rng = np.random.default_rng(1)
@@ -73,6 +95,8 @@ def test_translation_end_to_end(tmp_path):
     assert (run / "tokenizer.json").exists()
     out = cli("translate", run, "cat dog sun moon", "--beam", "2").stdout.strip()
     assert out == "moon sun dog cat"
+    shutil.copytree(run / "checkpoints" / "step_00000500", tmp_path / "shipped")
+    assert cli("translate", tmp_path / "shipped", "cat dog sun moon", "--beam", "2").stdout.strip() == out
     ev = json.loads(cli("eval", run, "--json", "--beam", "2").stdout)
     assert ev["bleu"] > 50 and ev["chrf"] > 50 and ev["examples"] == summary["valid_examples"]
     assert ev["baseline"]["method"] in ("copy_source", "word_dictionary") and ev["bleu"] > ev["baseline"]["bleu"]

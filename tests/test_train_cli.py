@@ -35,7 +35,7 @@ def test_train_writes_the_run_directory(tiny_run):
     ckpt = latest_checkpoint(run_dir)
     assert ckpt.name == "step_00000100"
     assert sorted(p.name for p in ckpt.iterdir()) == sorted(
-        ["model.safetensors", "state", "trainer.pt", "config.yaml", "checksums.json"])
+        ["model.safetensors", "state", "trainer.json", "config.yaml", "checksums.json"])  # byte LM: no tokenizer.json
     assert len(list((run_dir / "checkpoints").glob("step_*"))) == 2  # keep_last
     rows = train_rows(run_dir)
     assert [r["step"] for r in rows] == list(range(1, 101))
@@ -111,7 +111,7 @@ def test_sigterm_checkpoints_and_exits(tmp_path):
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert "stopped by signal" in err
     ckpt = latest_checkpoint(run_dir)
-    step = torch.load(ckpt / "trainer.pt", weights_only=False)["step"]
+    step = json.loads((ckpt / "trainer.json").read_text())["step"]
     assert step >= 3 and ckpt.name == f"step_{step:08d}"
     bigbatch.load(run_dir)
 
@@ -204,18 +204,18 @@ def test_crash_during_checkpoint_write_keeps_the_previous(tmp_path, monkeypatch)
 
     run_dir = tmp_path / "crash"
     cfg = load_config(TINY, ["train.max_steps=20", "train.save_every=10", "train.eval_every=0", "train.sample_tokens=0"])
-    real_save, calls = checkpoint.torch.save, {"n": 0}
+    real_save, calls = checkpoint.st_save_model, {"n": 0}
 
-    def dying_save(obj, path, *a, **kw):
-        calls["n"] += str(path).endswith("trainer.pt")
-        if calls["n"] == 2:  # trainer.pt of the second checkpoint (step 20), after its sharded state
+    def dying_save(model, path, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 2:  # model.safetensors of the second checkpoint (step 20), after its sharded state
             raise OSError("disk vanished")
-        return real_save(obj, path, *a, **kw)
+        return real_save(model, path, *a, **kw)
 
-    monkeypatch.setattr(checkpoint.torch, "save", dying_save)
+    monkeypatch.setattr(checkpoint, "st_save_model", dying_save)
     with pytest.raises(OSError):
         train(cfg, run_dir, progress=False)
-    monkeypatch.setattr(checkpoint.torch, "save", real_save)
+    monkeypatch.setattr(checkpoint, "st_save_model", real_save)
     assert latest_checkpoint(run_dir).name == "step_00000010"
     bigbatch.load(run_dir)
     assert not (run_dir / "checkpoints" / "step_00000020").exists()

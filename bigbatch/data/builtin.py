@@ -10,6 +10,7 @@ test never overlap and stay stable across machines and runs.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import re
 import struct
@@ -56,26 +57,67 @@ def python_stdlib(task: str) -> Iterator[tuple[str, dict]]:
 _PLACEHOLDER = re.compile(r"%(?:\([^)]*\))?[-#0 +]*\d*(?:\.\d+)?[hlLqjzt]*[diouxXeEfFgGcrsa%]|\{[^{}]*\}|<[^<>]+>|\$\w+")
 
 
-def read_mo(path: Path) -> Iterator[tuple[str, str]]:
-    """(msgid, msgstr) pairs of a GNU .mo catalog (both byte orders); plural forms give the first form."""
-    data = path.read_bytes()
+_MO_MAGIC = 0x950412DE
+
+
+def _mo_entries(path: Path, data: bytes) -> list[tuple[bytes, bytes]]:
+    """The (msgid, msgstr) byte strings of a GNU .mo file (either byte order), checked to lie inside it."""
     if len(data) < 28:
-        return
-    magic = struct.unpack("<I", data[:4])[0]
-    order = "<" if magic == 0x950412DE else ">" if struct.unpack(">I", data[:4])[0] == 0x950412DE else None
+        raise UserError(f"{path}: truncated .mo catalog: {len(data)} bytes, less than its 28-byte header")
+    order = next((o for o in "<>" if struct.unpack(o + "I", data[:4])[0] == _MO_MAGIC), None)
     if order is None:
-        return
-    n, orig_at, trans_at = struct.unpack(order + "3I", data[8:20])
-    for i in range(n):
-        olen, ooff = struct.unpack(order + "2I", data[orig_at + 8 * i : orig_at + 8 * i + 8])
-        tlen, toff = struct.unpack(order + "2I", data[trans_at + 8 * i : trans_at + 8 * i + 8])
-        msgid, msgstr = data[ooff : ooff + olen], data[toff : toff + tlen]
+        raise UserError(f"{path}: not a GNU .mo catalog (magic number {data[:4].hex()}, expected 950412de)")
+    revision, n, orig_at, trans_at = struct.unpack(order + "4I", data[4:20])
+    if revision >> 16 > 1:
+        raise UserError(f"{path}: .mo format revision {revision >> 16} is not supported (expected 0 or 1)")
+    if max(orig_at, trans_at) + 8 * n > len(data):
+        raise UserError(f"{path}: truncated .mo catalog: its tables of {n:,} messages end past its {len(data):,} bytes")
+    orig = struct.unpack_from(f"{order}{2 * n}I", data, orig_at)  # length, offset of each msgid
+    trans = struct.unpack_from(f"{order}{2 * n}I", data, trans_at)  # length, offset of each msgstr
+    ids, strs = list(zip(orig[1::2], orig[::2])), list(zip(trans[1::2], trans[::2]))  # (offset, length)
+    end = max((off + length for off, length in ids + strs), default=0)
+    if end > len(data):
+        raise UserError(f"{path}: truncated .mo catalog: its strings end at byte {end:,}, the file has {len(data):,}")
+    return [(data[i : i + m], data[t : t + k]) for (i, m), (t, k) in zip(ids, strs)]
+
+
+def _mo_charset(path: Path, header: bytes) -> str:
+    """The charset the header entry's Content-Type declares (``charset=ISO-8859-1``); UTF-8 when none."""
+    found = re.search(rb"^content-type:[^\n]*?charset=\s*([-\w.:]+)", header, re.IGNORECASE | re.MULTILINE)
+    charset = found.group(1).decode("ascii") if found else "utf-8"
+    try:
+        return codecs.lookup(charset).name
+    except LookupError:
+        raise UserError(f"{path}: unknown charset {charset!r} in the catalog's Content-Type header") from None
+
+
+def _is_utf8(text: bytes) -> bool:
+    try:
+        text.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def read_mo(path: Path) -> Iterator[tuple[str, str]]:
+    """(msgid, msgstr) pairs of a GNU .mo catalog, decoded from the charset its header declares; plural forms
+    give the first form, a context (``ctx\\x04msgid``) is dropped. Text that is all valid UTF-8 is read as
+    UTF-8 whatever the header says (some catalogs are mislabelled; accented latin-1 or EUC text is almost never
+    valid UTF-8). A truncated or malformed file: UserError.
+
+    Not gettext.GNUTranslations: it decodes the header as UTF-8 whatever the charset, so it fails on
+    latin-1 catalogs whose translator's name is not ASCII (Debian's de/net-tools.mo, ca/diffutils.mo)."""
+    entries = _mo_entries(path, path.read_bytes())
+    charset = _mo_charset(path, next((msgstr for msgid, msgstr in entries if not msgid), b""))
+    if charset != "utf-8" and _is_utf8(b"".join(m + t for m, t in entries if m)):
+        charset = "utf-8"  # mislabelled: Debian's nn/gettext-tools.mo says ISO-8859-1 and holds UTF-8
+    for msgid, msgstr in entries:
         if not msgid:  # the header entry
             continue
         try:
-            src = msgid.split(b"\x00")[0].split(b"\x04")[-1].decode("utf-8")
-            tgt = msgstr.split(b"\x00")[0].decode("utf-8")
-        except UnicodeDecodeError:
+            src = msgid.decode(charset).split("\0")[0].split("\x04")[-1]
+            tgt = msgstr.decode(charset).split("\0")[0]
+        except UnicodeDecodeError:  # one message not in the declared charset: left out, the catalog stands
             continue
         yield src, tgt
 

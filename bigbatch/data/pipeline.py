@@ -122,6 +122,15 @@ class TaskData:
         tokens, size = (self.micro, None) if cfg.train.micro_batch_tokens else (None, self.micro)
         return ExampleLoader(shards, cfg.task, cfg.model.max_len, tokens, size, seed, self.rank, self.world_size, shuffle)
 
+    def assets(self) -> dict[str, bytes]:
+        """What a checkpoint carries so it stands alone: tokenizer.json (when not bytes), labels.json."""
+        out, tok = {}, self.shard_dir / "tokenizer.json"
+        if tok.exists():
+            out["tokenizer.json"] = tok.read_bytes()
+        if self.labels:
+            out["labels.json"] = (json.dumps(self.labels) + "\n").encode()
+        return out
+
     def save_to_run(self, run_dir: Path) -> None:
         """Copy what generate / translate / classify need later: tokenizer.json, labels.json."""
         tok = self.shard_dir / "tokenizer.json"

@@ -5,10 +5,17 @@ tokens; chunk k of a source becomes shard k of each split. After each chunk the 
 records how many records are done, so an interrupted prepare starts again after the last
 finished chunk. The output directory is keyed by a fingerprint of the sources (names, sizes,
 times), the tokenizer and the settings, so unchanged data is never tokenised twice.
+
+Memory stays flat whatever the size of the data: records stream from the sources (a large text file
+in blocks, data/sources.py), go to the workers in groups of bounded size, and leave as shards. Each
+shard's SHA-256 is taken from the bytes as they are written and kept in the manifest; opening shards
+later checks sizes and index headers only, ``verify_prepared`` (``bigbatch prepare --verify``)
+re-hashes them all.
 """
 
 from __future__ import annotations
 
+import collections
 import fcntl
 import hashlib
 import itertools
@@ -25,13 +32,16 @@ from typing import Iterator
 import numpy as np
 from tqdm import tqdm
 
+from bigbatch.data import sources
 from bigbatch.data.builtin import builtin_fingerprint, builtin_records, split_of
-from bigbatch.data.shards import FORMAT, read_manifest, token_dtype, write_atomic, write_shard
-from bigbatch.data.sources import BadRows, Fields, expand, fingerprint_files, read_file
+from bigbatch.data.shards import FORMAT, read_manifest, token_dtype, verify_shards, write_atomic, write_shard
+from bigbatch.data.sources import SPLIT_KEY, BadRows, Fields, expand, fingerprint_files, read_file
 from bigbatch.data.tokenizer import ByteTokenizer, load_tokenizer_file, train_tokenizer
 from bigbatch.errors import UserError
 
 GROUP = 512  # records per work item sent to a worker
+GROUP_CHARS = 4 << 20  # ... and at most about this much text, so a group of large text blocks stays a few MB
+_GOLDEN = (5**0.5 - 1) / 2  # i * this mod 1 (i = 0, 1, ...) spreads any run of blocks evenly over [0, 1)
 
 
 @dataclass
@@ -71,6 +81,9 @@ def fingerprint(spec: PrepareSpec) -> str:
         tok_file = tok_file / "tokenizer.json" if tok_file.is_dir() else tok_file
         parts["tokenizer"] = hashlib.sha1(tok_file.read_bytes()).hexdigest() if tok_file.exists() else spec.tokenizer
     parts["fields"].pop("skip_bad_rows")
+    if spec.task == "lm" and not spec.fields.text_per_line and not all(
+            s is None or s.startswith("builtin:") for s in (spec.source, spec.valid_source, spec.test_source)):
+        parts["text_block_bytes"] = sources.TEXT_BLOCK_BYTES  # where a large text file is cut into documents
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -84,7 +97,35 @@ def _records(source: str, split: str | None, spec: PrepareSpec, bad: BadRows) ->
         dict_splits = _dataset_dict_splits(path)
         for sub, fixed in dict_splits or [(path, split)]:
             for record in read_file(sub, spec.fields, bad):
-                yield fixed or split or split_of(record.get("text") or record.get("src", "")), record
+                block = record.pop(SPLIT_KEY, None)  # a block of a large text file: split by position
+                yield fixed or split or (block_split(*block) if block else
+                                         split_of(record.get("text") or record.get("src", ""))), record
+
+
+def block_split(name: str, index: int, valid: float = 0.05, test: float = 0.05) -> str:
+    """Split of block ``index`` of the large text file ``name`` (its file name: stable across machines).
+
+    A hash of the name offsets the golden-ratio sequence index * 0.618... mod 1, which fills [0, 1)
+    evenly: any n blocks of a file give valid * n and test * n blocks to valid and test within 3, and
+    every split has a block from 34 blocks on. (Independent hashes per block would leave the valid or
+    the test split of a 100-block file empty about once in 85 files.) Same fractions as ``split_of``.
+    """
+    offset = int.from_bytes(hashlib.sha1(name.encode("utf-8")).digest()[:8], "big") / 2**64
+    u = (offset + index * _GOLDEN) % 1.0
+    return "valid" if u < valid else "test" if u < valid + test else "train"
+
+
+def _groups(records: Iterator[tuple[str, dict]]) -> Iterator[list[tuple[str, dict]]]:
+    """Work items for the tokenising workers: GROUP records, fewer when they pass GROUP_CHARS of text."""
+    group, chars = [], 0
+    for split, record in records:
+        group.append((split, record))
+        chars += sum(len(record.get(k, "")) for k in ("text", "src", "tgt"))
+        if len(group) >= GROUP or chars >= GROUP_CHARS:
+            yield group
+            group, chars = [], 0
+    if group:
+        yield group
 
 
 _HF_SPLITS = {"train": "train", "validation": "valid", "valid": "valid", "dev": "valid", "test": "test"}
@@ -249,6 +290,16 @@ def is_prepared(out: Path, fp: str) -> bool:
     return (out / "manifest.json").exists() and read_manifest(out).get("fingerprint") == fp
 
 
+def verify_prepared(spec: PrepareSpec, out: str | Path | None = None) -> tuple[Path, int]:
+    """Re-hash every shard of ``spec``'s prepared data against its manifest (``bigbatch prepare --verify``)
+    -> (directory, files checked). UserError naming the first file that differs, or when ``spec`` is not
+    prepared there. Training and evaluation check sizes only; this reads every byte."""
+    out, fp = prepared_dir(spec, out)
+    if not is_prepared(out, fp):
+        raise UserError(f"{out}: holds no prepared data of this source and these settings (run bigbatch prepare)")
+    return out, verify_shards(out)
+
+
 def prepare(spec: PrepareSpec, out: str | Path | None = None, progress: bool = True) -> Path:
     """Prepare ``spec`` into ``out`` (default: the cache, keyed by fingerprint); returns the directory.
 
@@ -297,8 +348,8 @@ def _prepare_stream(spec, out, name, source, split, state, dtype, bad, pool, pro
     records = _records(source, split, spec, bad)
     skip = stream["records"]
     records = itertools.islice(records, skip, None)  # already in finished shards: read, not tokenised
-    groups = ((spec.task, g) for g in iter(lambda: list(itertools.islice(records, GROUP)), []))
-    results = pool.imap(_tokenize_group, groups) if pool is not None else map(_tokenize_group, groups)
+    groups = ((spec.task, g) for g in _groups(records))
+    results = _imap_bounded(pool, groups, 2 * spec.workers) if pool is not None else map(_tokenize_group, groups)
     labels = {label: i for i, label in enumerate(state.state["labels"])}
     chunk: dict[str, list] = {"train": [], "valid": [], "test": []}
     chunk_tokens, done, start, tokens_total = 0, skip, time.time(), 0
@@ -322,6 +373,19 @@ def _prepare_stream(spec, out, name, source, split, state, dtype, bad, pool, pro
     stream["done"] = True
     state.save()
     bar.close()
+
+
+def _imap_bounded(pool, groups: Iterator, ahead: int) -> Iterator[tuple[dict, int, int]]:
+    """``pool.imap(_tokenize_group, groups)`` with at most ``ahead`` groups in flight. Pool.imap keeps
+    every finished result until it is consumed, so workers faster than the shard writer (byte
+    tokenizer) would pile up tokens in proportion to the data size."""
+    pending: collections.deque = collections.deque()
+    for group in groups:
+        pending.append(pool.apply_async(_tokenize_group, (group,)))
+        if len(pending) >= ahead:
+            yield pending.popleft().get()
+    while pending:
+        yield pending.popleft().get()
 
 
 def _label_id(label: str, labels: dict, state: dict, split: str) -> int:

@@ -4,6 +4,11 @@ A source is a file, a directory, a glob, a Hugging Face ``datasets`` directory (
 ``builtin:NAME``. Files: .txt (one document per file, or per line), .jsonl, .csv, .tsv, .parquet,
 each optionally .gz or .zst. A malformed row stops with ``file:line: what is wrong`` unless
 ``skip_bad_rows`` counts and skips it instead.
+
+Every reader streams: memory stays flat whatever the file size. A text file read as one document
+that is larger than ``TEXT_BLOCK_BYTES`` comes as consecutive blocks of about that size (see
+``text_blocks``), each a record of its own that carries ``SPLIT_KEY`` = (file name, block index), so
+preparation splits such a file by position instead of putting all of it in one split.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import csv
 import glob
 import gzip
 import io
+import itertools
 import json
 import os
 from dataclasses import dataclass
@@ -22,6 +28,10 @@ from bigbatch.errors import UserError
 
 TEXT_SUFFIXES = {".txt", ".text", ".md", ".py", ".rst"}
 TABLE_SUFFIXES = {".jsonl", ".json", ".csv", ".tsv", ".parquet"}
+TEXT_BLOCK_BYTES = 1 << 20
+"""A whole-file text document larger than this is read, tokenised and split in blocks of about this size."""
+SPLIT_KEY = "_split_key"
+"""Record key of a block of a large text file: (file name, block index); prepare pops it to choose the split."""
 
 
 @dataclass
@@ -132,12 +142,69 @@ def _read_text(path: Path, fields: Fields, bad: BadRows) -> Iterator[dict]:
                 yield {"text": line}
         return
     with open_binary(path) as f:
-        data = f.read()
+        blocks = text_blocks(f)
+        first = next(blocks)
+        second = next(blocks, None)
+        if second is None:  # the whole file in one block: one document, split by its content as always
+            yield from _decode_block(path, 1, 0, first, None, fields, bad)
+            return
+        line, offset = 1, 0
+        for index, block in enumerate(itertools.chain([first, second], blocks)):
+            yield from _decode_block(path, line, offset, block, (path.name, index), fields, bad)
+            line, offset = line + block.count(b"\n"), offset + len(block)
+
+
+def _decode_block(path: Path, line: int, offset: int, block: bytes, key: tuple | None, fields: Fields,
+                  bad: BadRows) -> Iterator[dict]:
+    """The record of one block of a text file that starts at ``line`` / byte ``offset``; a block that is not
+    UTF-8 is a bad row named by the file line and byte where the bad byte is."""
     try:
-        yield {"text": data.decode("utf-8")}
+        text = block.decode("utf-8")
     except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        bad.add(f"{path}:{line}", f"not UTF-8 (byte {e.start})", fields.skip_bad_rows)
+        bad_line = line + block[: e.start].count(b"\n")
+        bad.add(f"{path}:{bad_line}", f"not UTF-8 (byte {offset + e.start})", fields.skip_bad_rows)
+        return
+    yield {"text": text} if key is None else {"text": text, SPLIT_KEY: key}
+
+
+def text_blocks(stream, block_bytes: int | None = None) -> Iterator[bytes]:
+    """Consecutive pieces of a binary stream, each at most ``block_bytes`` (default ``TEXT_BLOCK_BYTES``);
+    together exactly the stream's bytes. At least one piece, empty for an empty stream.
+
+    A piece ends after the last newline of its window when that is in the window's second half, else
+    after the last space or tab there, else just before a UTF-8 character that starts at most 3 bytes
+    before the window's end: a multi-byte character is never cut. Only one window is held at a time.
+    For a language model a piece is a document: the model sees a document break (eos) at every cut.
+    """
+    size = block_bytes or TEXT_BLOCK_BYTES
+    buf, pieces = b"", 0
+    while True:
+        while len(buf) < size:  # short reads (gzip, zstd streams) are read on until the window is full
+            more = stream.read(size - len(buf))
+            if not more:
+                if buf or not pieces:
+                    yield buf  # the last piece (or the only, empty one)
+                return
+            buf += more
+        cut = _cut(buf)
+        yield buf[:cut]
+        buf, pieces = buf[cut:], pieces + 1
+
+
+def _cut(window: bytes) -> int:
+    """Where to end a piece of a full window: after a newline, else whitespace, in its second half; else
+    at the start of the window's last UTF-8 character (a continuation byte is 0b10xxxxxx)."""
+    half = len(window) // 2
+    for sep in (b"\n", b" ", b"\t"):
+        i = window.rfind(sep, half)
+        if i >= 0:
+            return i + 1
+    cut = len(window)
+    while cut > len(window) - 3 and window[cut - 1] & 0xC0 == 0x80:
+        cut -= 1
+    if window[cut - 1] & 0xC0 == 0xC0:  # the lead byte of a character whose continuation bytes follow
+        cut -= 1
+    return cut or len(window)  # a window shorter than one character: not UTF-8 anyway, keep it whole
 
 
 def _read_jsonl(path: Path, fields: Fields, bad: BadRows) -> Iterator[dict]:

@@ -35,15 +35,17 @@ def baseline_cached(cfg, split: str, shard_dir: Path | None = None, progress: bo
 
 def evaluate_run(path: str | Path, split: str = "valid", checkpoint: str = "best", beam: int = 4,
                  length_penalty: float = 1.0, max_examples: int | None = None, seed: int = 0, decode: bool = True,
-                 baseline: bool = True, device: str = "cpu", progress: bool = False) -> dict:
+                 baseline: bool = True, device: str | None = None, progress: bool = False) -> dict:
     """Task metrics of a run's checkpoint on ``split``: every example unless ``max_examples`` (a seeded random
     sample of about that many; language models always read the whole split). Translation decodes with beam
-    search (``beam`` 1 = greedy). Returns the metrics, "examples" (how many were scored), "checkpoint", and
+    search (``beam`` 1 = greedy). Runs on ``device`` (None = the run's train.device: auto = cuda when available)
+    in the run's micro-batches. Returns the metrics, "examples" (how many were scored), "checkpoint", and
     the baseline's metrics under "baseline" (when it can be computed: scikit-learn for classification)."""
     from bigbatch import load
     from bigbatch.data.pipeline import build_data
     from bigbatch.evaluate.evaluate import evaluate, translation_scores
     from bigbatch.train.checkpoint import resolve_checkpoint
+    from bigbatch.train.setup import plan_batch, resolve_device
 
     if max_examples is not None and max_examples < 1:
         raise UserError(f"--max-examples {max_examples}: expected a number of examples >= 1")
@@ -51,9 +53,9 @@ def evaluate_run(path: str | Path, split: str = "valid", checkpoint: str = "best
         raise UserError(f"--beam {beam}: expected a beam size >= 1 (1 = greedy)")
     ckpt = resolve_checkpoint(path, checkpoint)
     model, cfg = load(ckpt)
+    device = resolve_device(device or cfg.train.device)
     model.to(device)
-    micro = 16 if cfg.task == "lm" else (cfg.train.micro_batch_tokens or cfg.train.micro_batch_size or 32)
-    data = build_data(cfg, micro, progress=False)
+    data = build_data(cfg, plan_batch(cfg).micro, progress=False)  # rows, examples or tokens, as in training
     loader = data.loader(split)
     if cfg.task == "lm" and max_examples is not None:
         print("note: --max-examples does not apply to a language model; scoring the whole split", file=sys.stderr)

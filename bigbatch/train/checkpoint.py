@@ -9,19 +9,31 @@ write leaves the previous checkpoint loadable. ``checkpoints/latest`` names the 
                             and any strategy (none / ddp / fsdp)
         model.safetensors   the whole model, consolidated (tied tensors stored once): what eval,
                             generate, export and compression read, whatever the world size
-        trainer.pt          scheduler, data-loader position, every rank's RNG state, step, tokens
+        trainer.json        scheduler, data-loader position, every rank's RNG state, gradient scaler,
+                            clock, best-so-far, step, tokens (JSON: nothing in it can run code)
         config.yaml         the run's resolved config
+        tokenizer.json      the run's trained tokenizer (absent for the byte tokenizer)
+        labels.json         the class names (classification)
         checksums.json      sha256 of each file above
 
-Every rank takes part in saving and loading (the collectives inside DCP); rank 0 alone writes the
-rest and renames. With several machines the run directory must be on a shared file system.
+A checkpoint directory is self-contained: copied out of its run it still loads, tokenizes and names
+its labels. Every rank takes part in saving and loading (the collectives inside DCP); rank 0 alone
+writes the rest and renames. With several machines the run directory must be on a shared file system.
+
+Trust: nothing is unpickled with code. model.safetensors holds tensors only; trainer.json is JSON;
+DCP's metadata is a pickle, so it is read by an unpickler that admits only DCP's own metadata classes,
+and DCP's non-tensor entries load with ``torch.load(weights_only=True)``. checksums.json detects
+damage, not tampering (it sits beside the files it covers).
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
+import pickle
+import re
 import shutil
 import sys
 import warnings
@@ -29,6 +41,10 @@ from pathlib import Path
 
 import torch
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
+from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint._nested_dict import set_element
+from torch.distributed.checkpoint.metadata import StorageMeta
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
                                                      set_state_dict)
 from safetensors.torch import load_model as st_load_model
@@ -91,11 +107,21 @@ def _consolidated(model, config: Config, dist: Dist) -> torch.nn.Module | None:
     return plain
 
 
+TRAINER_FILE = "trainer.json"
+_STEP_DIR = re.compile(r"^(?:\.replaced-)?step_(\d+)$")
+
+
 def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, trainer_state: dict, config: Config,
-                    keep_last: int = 2, dist: Dist = ONE_PROCESS, best: bool = False) -> Path:
+                    keep_last: int = 2, dist: Dist = ONE_PROCESS, best: bool = False,
+                    assets: dict[str, bytes] | None = None) -> Path:
     """Write checkpoints/step_NNNNNNNN (the step, 8 digits) atomically, point ``latest`` (and with ``best``,
     ``best``) at it, keep the newest ``keep_last`` and the best. Called by every rank; ``trainer_state`` is
-    rank 0's."""
+    rank 0's and must be JSON-serialisable; ``assets`` (file name -> bytes: tokenizer.json, labels.json)
+    travel inside the checkpoint.
+
+    A complete checkpoint is never deleted before its replacement is in place: a re-save of the same step
+    first renames the old one aside (.replaced-step_N), and ``find_resumable`` still finds it if the process
+    dies before the new one is renamed in."""
     final = ckpt_root / f"step_{step:08d}"
     tmp = ckpt_root / f".tmp-{final.name}"
     if dist.is_main:
@@ -108,25 +134,33 @@ def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, trainer_state:
     plain = _consolidated(model, config, dist)
     if dist.is_main:
         st_save_model(plain, str(tmp / "model.safetensors"))
-        torch.save(trainer_state, tmp / "trainer.pt")
+        (tmp / TRAINER_FILE).write_text(json.dumps(trainer_state))
         (tmp / "config.yaml").write_text(config.to_yaml())
+        for name, data in (assets or {}).items():
+            (tmp / name).write_bytes(data)
         sums = {}
         for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
             _fsync(path)
             sums[str(path.relative_to(tmp))] = sha256_file(path)
         (tmp / "checksums.json").write_text(json.dumps(sums, indent=1))
         _fsync(tmp / "checksums.json")
-        if final.exists():  # a re-save of the same step (e.g. after a resume) replaces it
-            shutil.rmtree(final)
+        replaced = ckpt_root / f".replaced-{final.name}"
+        if final.exists():  # a re-save of the same step (e.g. after a resume): set the old one aside first
+            shutil.rmtree(replaced, ignore_errors=True)
+            os.replace(final, replaced)
         os.replace(tmp, final)
+        _fsync(ckpt_root)
         write_text_atomic(ckpt_root / "latest", final.name + "\n")
         if best:
             write_text_atomic(ckpt_root / "best", final.name + "\n")
+        shutil.rmtree(replaced, ignore_errors=True)
         kept = _named(ckpt_root, "best")
         steps = sorted(p for p in ckpt_root.glob("step_*") if p.is_dir())
         for old in steps[:-keep_last]:
             if old != kept:
                 shutil.rmtree(old, ignore_errors=True)
+        for stale in [*ckpt_root.glob(".tmp-step_*"), *ckpt_root.glob(".replaced-step_*")]:
+            shutil.rmtree(stale, ignore_errors=True)  # left by a process killed mid-save
     dist.barrier()
     return final
 
@@ -146,8 +180,43 @@ def mark_best(ckpt_root: Path, step: int) -> None:
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest complete checkpoint of a run, or None."""
+    """The checkpoint ``checkpoints/latest`` names, or None (no verification; see ``find_resumable``)."""
     return _named(Path(run_dir) / "checkpoints", "latest")
+
+
+def _candidates(root: Path) -> list[Path]:
+    """Checkpoint directories, newest step first (a .replaced- copy after the step it was replaced by)."""
+    found = [(int(m.group(1)), not p.name.startswith("."), p) for p in root.iterdir()
+             if p.is_dir() and (m := _STEP_DIR.match(p.name))] if root.is_dir() else []
+    return [p for _, _, p in sorted(found, reverse=True)]
+
+
+def find_resumable(run_dir: Path) -> Path | None:
+    """The checkpoint a run resumes from: the one ``latest`` names when it verifies, else the newest that
+    verifies (with a note saying which was skipped and why). None when the run directory holds no
+    checkpoint; an error when it holds checkpoints and none verifies: never a silent start from scratch."""
+    root = Path(run_dir) / "checkpoints"
+    named, candidates = _named(root, "latest"), _candidates(root)
+    if named is not None:
+        candidates = [named] + [c for c in candidates if c != named]
+    if not candidates:
+        if (root / "latest").exists():
+            raise UserError(f"{root / 'latest'} names {(root / 'latest').read_text().strip()!r}, which does not "
+                            "exist, and no other checkpoint is there; move checkpoints/ away to start afresh")
+        return None
+    problems = []
+    for ckpt in candidates:
+        try:
+            verify(ckpt)
+        except UserError as e:
+            problems.append(str(e))
+            continue
+        if problems or ckpt != named:
+            why = "; ".join(problems) or f"{root / 'latest'} is missing or names no checkpoint"
+            print(f"note: resuming from {ckpt.name}, the newest checkpoint that verifies ({why})", file=sys.stderr)
+        return ckpt
+    raise UserError(f"{root}: no checkpoint verifies ({'; '.join(problems)}); to start from scratch use another "
+                    "--run-dir or move checkpoints/ away")
 
 
 def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:
@@ -156,7 +225,7 @@ def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:
     ``which`` picks in a run directory: best (the best by the validation metric; latest where the run has
     no best yet), latest, or a checkpoint's name (step_00001000)."""
     path = Path(path)
-    if (path / "model.safetensors").exists():
+    if (path / "model.safetensors").exists() and not (path / "checkpoints").is_dir():
         return path
     if not path.exists():
         raise UserError(f"{path}: no such run or checkpoint directory")
@@ -180,11 +249,94 @@ def verify(ckpt: Path) -> None:
     sums_file = ckpt / "checksums.json"
     if not sums_file.exists():
         raise UserError(f"{ckpt}: checksums.json is missing; the checkpoint is incomplete")
-    for name, expected in json.loads(sums_file.read_text()).items():
-        if not (ckpt / name).exists() or sha256_file(ckpt / name) != expected:
+    try:
+        sums = json.loads(sums_file.read_text())
+        if not isinstance(sums, dict) or not sums:
+            raise ValueError("not a mapping of files to checksums")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{sums_file}: unreadable ({e}); the checkpoint is corrupt") from None
+    for name, expected in sums.items():
+        if not (ckpt / name).exists():
+            raise UserError(f"{ckpt / name}: missing; the checkpoint is incomplete")
+        if sha256_file(ckpt / name) != expected:
             raise UserError(f"{ckpt / name}: checksum mismatch; the checkpoint is corrupt")
 
 
+class _MetadataUnpickler(pickle.Unpickler):
+    """DCP writes its .metadata with pickle; this reads it admitting only the classes DCP puts there
+    (plain data holders, torch.Size, dtypes, paths), so a planted payload cannot run code."""
+
+    ALLOWED = {
+        "torch.distributed.checkpoint.metadata": {"Metadata", "TensorStorageMetadata", "BytesStorageMetadata",
+                                                  "ChunkStorageMetadata", "TensorProperties", "MetadataIndex",
+                                                  "StorageMeta", "_MEM_FORMAT_ENCODING"},
+        "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
+        "torch.serialization": {"_get_layout"},
+        "torch": {"Size"},
+        "pathlib": {"PosixPath", "PurePosixPath", "WindowsPath", "PureWindowsPath", "Path"},
+        "pathlib._local": {"PosixPath", "PurePosixPath", "WindowsPath", "PureWindowsPath", "Path"},
+        "collections": {"OrderedDict"},
+    }
+
+    def find_class(self, module: str, name: str):
+        if name in self.ALLOWED.get(module, ()) or (module == "torch" and isinstance(getattr(torch, name, None),
+                                                                                     torch.dtype)):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not a checkpoint metadata type")
+
+
+class _SafeReader(FileSystemReader):
+    def read_metadata(self, *args, **kwargs):
+        path = self._get_metadata_path(kwargs.get("rank"))
+        try:
+            with open(path, "rb") as f:
+                metadata = _MetadataUnpickler(f).load()
+        except (pickle.UnpicklingError, EOFError, AttributeError, ValueError, TypeError) as e:
+            raise UserError(f"{path}: refused ({e}); checkpoint state must hold data only") from None
+        if getattr(metadata, "storage_meta", None) is None:
+            metadata.storage_meta = StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
+
+
+class _SafePlanner(DefaultLoadPlanner):
+    """DCP's non-tensor entries (optimizer hyper-parameters) load as data only."""
+
+    def load_bytes(self, read_item, value: io.BytesIO) -> None:
+        try:
+            obj = torch.load(value, weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise UserError(f"checkpoint state entry {read_item.dest_index.fqn}: refused ({e})") from None
+        if self.flatten_state_dict:
+            set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
+        else:
+            self.state_dict[read_item.dest_index.fqn] = obj
+
+
+def read_trainer_state(ckpt: Path) -> dict:
+    """trainer.json (or, from checkpoints of earlier versions, trainer.pt read with weights_only=True)."""
+    path = ckpt / TRAINER_FILE
+    if path.exists():
+        try:
+            return json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise UserError(f"{path}: unreadable ({e}); the checkpoint is corrupt") from None
+    path = ckpt / "trainer.pt"
+    if not path.exists():
+        raise UserError(f"{ckpt}: no {TRAINER_FILE}; the checkpoint is incomplete")
+    import numpy as np
+
+    reconstruct = np._core.multiarray._reconstruct if hasattr(np, "_core") else np.core.multiarray._reconstruct
+    numpy_types = [np.ndarray, np.dtype, type(np.dtype(np.uint32)), (reconstruct, "numpy.core.multiarray._reconstruct"),
+                   (reconstruct, "numpy._core.multiarray._reconstruct")]
+    try:
+        with torch.serialization.safe_globals(numpy_types), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "pickle protocol 4": the payload, not the reader, is the news
+            return torch.load(path, weights_only=True)
+    except pickle.UnpicklingError as e:
+        lines = [x.strip() for x in str(e).splitlines() if x.strip()]
+        why = next((x for x in lines if "nsupported" in x), lines[0] if lines else type(e).__name__)
+        raise UserError(f"{path}: refused: it holds more than data ({why})") from None
 def load_model(path: str | Path, device: str | torch.device = "cpu", checkpoint: str = "best"):
     """bigbatch.load: a run or checkpoint directory -> (model in eval mode, Config); in a run directory
     ``checkpoint`` is best (default), latest or a step_N name."""
@@ -198,11 +350,44 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", checkpoint:
     return model.to(device).eval(), config
 
 
-def load_training_state(ckpt: Path, model, optimizer, dist: Dist = ONE_PROCESS) -> dict:
-    """Restore model and optimiser in place (every rank, any world size) from a verified checkpoint;
-    returns trainer.pt's dict."""
+def checkpoint_assets(ckpt: Path, config: Config):
+    """(tokenizer, class names or None) a checkpoint was trained with: its own tokenizer.json and labels.json
+    (checkpoints of earlier versions: its run directory's). Refuses, in one line, rather than fall back to
+    bytes or to numbered labels, which would give wrong answers."""
+    from bigbatch.data.tokenizer import ByteTokenizer, load_tokenizer_file
+
+    ckpt = Path(ckpt)
+    places = [ckpt] + ([ckpt.parent.parent] if ckpt.parent.name == "checkpoints" else [])
+    kind = str(config.data.tokenizer)
+    tok_file = next((d / "tokenizer.json" for d in places if (d / "tokenizer.json").exists()), None)
+    if tok_file is not None:
+        tokenizer = load_tokenizer_file(tok_file)
+        tokenizer.kind = kind if kind in ("bpe", "unigram") else tokenizer.kind
+    elif kind == "byte":
+        tokenizer = ByteTokenizer()
+    else:
+        raise UserError(f"{ckpt}: no tokenizer.json, and the model was trained with data.tokenizer={kind}; copy the "
+                        "run's tokenizer.json into the checkpoint directory")
+    if tokenizer.vocab_size > config.model.vocab_size:
+        raise UserError(f"{tok_file}: {tokenizer.vocab_size} ids, more than the model's vocab_size "
+                        f"{config.model.vocab_size}; it is not this model's tokenizer")
+    labels = None
+    if config.task == "classify":
+        labels_file = next((d / "labels.json" for d in places if (d / "labels.json").exists()), None)
+        if labels_file is None:
+            raise UserError(f"{ckpt}: no labels.json (the class names); copy the run's labels.json into the "
+                            "checkpoint directory")
+        labels = json.loads(labels_file.read_text())
+        if len(labels) != config.model.num_classes:
+            raise UserError(f"{labels_file}: {len(labels)} labels, the model has {config.model.num_classes} classes")
+    return tokenizer, labels
+
+
+def load_training_state(ckpt: Path, model, optimizer, dist: Dist = ONE_PROCESS, verified: bool = False) -> dict:
+    """Restore model and optimiser in place (every rank, any world size) from a checkpoint (verified here
+    unless ``verified``); returns the trainer state dict."""
     error = None
-    if dist.is_main:
+    if dist.is_main and not verified:
         try:
             verify(ckpt)
         except UserError as e:
@@ -213,10 +398,16 @@ def load_training_state(ckpt: Path, model, optimizer, dist: Dist = ONE_PROCESS) 
     if (ckpt / "state").is_dir():
         model_state, optim_state = get_state_dict(model, optimizer)
         state = {"model": model_state, "optim": optim_state}
-        with _quiet_dcp():
-            dcp.load(state, checkpoint_id=str(ckpt / "state"))
+        reader = _SafeReader(str(ckpt / "state"))
+        reader.read_metadata()  # a refused or unreadable .metadata: one line here, not inside DCP's wrappers
+        try:
+            with _quiet_dcp():
+                dcp.load(state, storage_reader=reader, planner=_SafePlanner())
+        except CheckpointException as e:
+            lines = [x.strip() for x in str(e).splitlines() if x.strip() and not x.startswith(" ")]
+            raise UserError(f"{ckpt / 'state'}: cannot be loaded ({lines[-1] if lines else type(e).__name__})") from None
         set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     else:  # the single-file format of earlier versions
         st_load_model(unwrap(model), str(ckpt / "model.safetensors"))
         optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
-    return torch.load(ckpt / "trainer.pt", weights_only=False)
+    return read_trainer_state(ckpt)

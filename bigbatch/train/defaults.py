@@ -260,7 +260,8 @@ def _resolve_run(cfg: Config, stats: DataStats) -> tuple[Config, list[str]]:
         optim["schedule"] = "wsd"
         notes.append(f"optim.schedule=wsd (decay over the last {o.decay_fraction:.0%} of the run)")
     if o.warmup_steps is None:
-        notes.append(f"optim.warmup: the first {o.warmup_fraction:.0%} of the run")
+        steps = f" ({max(1, round(o.warmup_fraction * t.max_steps))} of {t.max_steps} steps)" if t.max_steps else ""
+        notes.append(f"optim.warmup: the first {o.warmup_fraction:.0%} of the run{steps}")
     return dataclasses.replace(cfg, train=dataclasses.replace(t, **train),
                                optim=dataclasses.replace(o, **optim)), notes
 

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import functools
 import math
@@ -31,7 +32,7 @@ from bigbatch.errors import TrainingError, UserError
 from bigbatch.evaluate.evaluate import evaluate, translation_scores
 from bigbatch.nn.models import build_model, count_parameters, flops_per_token
 from bigbatch.objectives import OBJECTIVES
-from bigbatch.train.checkpoint import (latest_checkpoint, load_model, load_training_state, mark_best, save_checkpoint,
+from bigbatch.train.checkpoint import (find_resumable, load_model, load_training_state, mark_best, save_checkpoint,
                                        unwrap, write_text_atomic)
 from bigbatch.train.memory import auto_micro_batch, probe, rows_per_micro_batch
 from bigbatch.train.metrics import MetricsLogger, peak_flops
@@ -42,19 +43,36 @@ from bigbatch.train.setup import BatchPlan, global_batch_for_scaling, setup_run
 from bigbatch.train.validation import BLEU_SAMPLE, BestTracker, eval_due, metric_for, periodic_batches
 
 
+def _bytes_b64(t: torch.Tensor) -> str:
+    return base64.b64encode(t.numpy().tobytes()).decode("ascii")
+
+
+def _tensor_b64(text) -> torch.Tensor:
+    if isinstance(text, torch.Tensor):  # trainer.pt of earlier versions
+        return text
+    return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
+
+
 def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """This process's random generators as JSON data (torch's and CUDA's byte states in base64)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    state = {"torch": _bytes_b64(torch.get_rng_state()),
+             "numpy": [name, keys.tolist(), pos, has_gauss, cached],
+             "python": [version, list(internal), gauss]}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = [_bytes_b64(s) for s in torch.cuda.get_rng_state_all()]
     return state
 
 
 def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    torch.set_rng_state(_tensor_b64(state["torch"]))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([_tensor_b64(s) for s in state["cuda"]])
 
 
 class _StopSignal:
@@ -102,6 +120,20 @@ def train(cfg: Config, run_dir: str | Path | None = None, progress: bool = True)
         process.shutdown(started)
 
 
+def _resumable(run_dir: Path, dist: Dist) -> Path | None:
+    """Rank 0 picks the checkpoint to resume from (``find_resumable``); every rank gets its answer."""
+    found, error = None, None
+    if dist.is_main:
+        try:
+            found = find_resumable(run_dir)
+        except UserError as e:
+            error = str(e)
+    found, error = dist.broadcast((found and str(found), error))
+    if error:
+        raise UserError(error)
+    return Path(found) if found else None
+
+
 def _strategy(cfg: Config, dist: Dist) -> str:
     parallel = cfg.train.parallel
     if parallel == "auto":
@@ -118,7 +150,7 @@ def _train(cfg: Config, run_dir, progress: bool, dist: Dist, device: torch.devic
     run_dir = Path(run_dir or dist.broadcast(str(Path("runs") / time.strftime("%Y%m%d-%H%M%S"))))
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt = latest_checkpoint(run_dir)
+    ckpt = _resumable(run_dir, dist)
     setup = setup_run(cfg, device, dist, progress, saved=ckpt)
     cfg, data, plan = setup.cfg, setup.data, setup.plan
     optim, scaling = scale_for_batch(cfg.optim, global_batch_for_scaling(cfg, plan))
@@ -164,8 +196,10 @@ def _train(cfg: Config, run_dir, progress: bool, dist: Dist, device: torch.devic
 
     state, noise_state = {"step": 0, "tokens": 0}, None
     if ckpt is not None:
-        saved = load_training_state(ckpt, model, optimizer, dist)
+        saved = load_training_state(ckpt, model, optimizer, dist, verified=True)
         scheduler.load_state_dict(saved["scheduler"])
+        if saved.get("scaler"):
+            precision.scaler.load_state_dict(saved["scaler"])
         data.train.load_state_dict(saved["data"])
         _restore_rng(saved["rng"], dist, cfg.train.seed)
         state = {"step": saved["step"], "tokens": saved["tokens"]}
@@ -181,7 +215,7 @@ def _train(cfg: Config, run_dir, progress: bool, dist: Dist, device: torch.devic
     ctx = _Context(cfg, plan, model, optimizer, scheduler, data, valid, device, run_dir,
                    MetricsLogger(run_dir, resume_step=state["step"] if ckpt else None, enabled=dist.is_main),
                    peak_flops(device, cfg.train.precision, cfg.train.peak_flops), fpt, dist=dist, strategy=strategy,
-                   start_tokens=state["tokens"])
+                   precision=precision, start_tokens=state["tokens"])
     ctx.best = BestTracker(metric_for(cfg, strategy))
     if noise_state:
         ctx.noise.load_state_dict(noise_state)
@@ -230,6 +264,7 @@ class _Context:
     flops_per_token: float
     dist: Dist = ONE_PROCESS
     strategy: str = "none"
+    precision: Precision | None = None  # the run's one Precision: autocast and the fp16 scaler (checkpointed)
     train_seconds: float = 0.0
     start_tokens: int = 0
     stopped: bool = False  # by a signal (on any rank)
@@ -382,7 +417,7 @@ class _Bar:
 
 
 def _run(ctx: _Context, state: dict, stop: _StopSignal, progress: bool) -> None:
-    t, precision, bad_steps = ctx.cfg.train, Precision(ctx.cfg.train.precision, ctx.device), 0
+    t, precision, bad_steps = ctx.cfg.train, ctx.precision, 0
     bar = _Bar(ctx, state, progress)
     window_loss, window_n, window_tokens, window_start = 0.0, 0, 0, time.perf_counter()
     ctx.model.train()
@@ -416,11 +451,13 @@ def _run(ctx: _Context, state: dict, stop: _StopSignal, progress: bool) -> None:
             seconds = time.perf_counter() - window_start
             loss = float(window_loss) / window_n
             tps = window_tokens / seconds
-            mfu = tps * ctx.flops_per_token / ctx.peak if ctx.peak else None
+            mfu = tps * ctx.flops_per_token / (ctx.peak * ctx.dist.world_size) if ctx.peak else None  # per device
             row = {"step": state["step"], "tokens": state["tokens"], "loss": loss, "lr": ctx.scheduler.get_last_lr()[0],
                    "grad_norm": float(grad_norm), "tokens_per_s": tps, "mfu": mfu, "elapsed_s": ctx.train_seconds}
             if ctx.noise.value is not None:
                 row["noise_scale"] = ctx.noise.value  # B_simple, in targets (tokens for LM / translation)
+            if precision.scaler.is_enabled():
+                row["loss_scale"] = precision.scaler.get_scale()  # fp16: the gradient scaler's current scale
             if hasattr(ctx.data.train, "padding_fraction"):
                 row["padding_fraction"] = ctx.data.train.padding_fraction
             ctx.logger.log(row)
@@ -463,7 +500,7 @@ def _evaluate(ctx: _Context, state: dict, final: bool) -> dict:
     model = ctx.model if sharded else unwrap(ctx.model)  # DDP's forward is not needed to evaluate
     batches = ctx.valid.eval_batches() if final else periodic_batches(ctx.cfg, ctx.valid)
     result = evaluate(model, ctx.cfg.task, batches, ctx.device,
-                      Precision(ctx.cfg.train.precision, ctx.device).autocast, ctx.valid.shards.bytes_per_token,
+                      ctx.precision.autocast, ctx.valid.shards.bytes_per_token,
                       ctx.cfg.model.num_classes, dist=ctx.dist, lockstep=sharded and ctx.dist.enabled)
     if ctx.cfg.task == "translate" and not sharded:
         scores = None
@@ -486,9 +523,10 @@ def _save(ctx: _Context, state: dict, best: bool = False) -> None:
     trainer_state = {"scheduler": ctx.scheduler.state_dict(), "data": ctx.data.train.state_dict(),
                      "rng": rng, "noise": ctx.noise.state_dict(), "world_size": ctx.dist.world_size,
                      "parallel": ctx.strategy, "train_seconds": ctx.clock, "last_eval_clock": ctx.last_eval_clock,
-                     "best": ctx.best.state_dict(), "early_stopped": ctx.early_stopped, **state}
+                     "best": ctx.best.state_dict(), "early_stopped": ctx.early_stopped,
+                     "scaler": ctx.precision.scaler.state_dict(), **state}
     save_checkpoint(ctx.run_dir / "checkpoints", state["step"], ctx.model, ctx.optimizer, trainer_state,
-                    ctx.cfg, ctx.cfg.train.keep_last, ctx.dist, best=best)
+                    ctx.cfg, ctx.cfg.train.keep_last, ctx.dist, best=best, assets=ctx.data.assets())
     ctx.saved_step = state["step"]
 
 
