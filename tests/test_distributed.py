@@ -56,7 +56,7 @@ def one_process(tmp_path_factory):
     return run_dir, overrides
 
 
-@pytest.mark.parametrize("parallel", ["ddp", "fsdp", "fsdp-keep-gathered"])
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp", pytest.param("fsdp-keep-gathered", marks=pytest.mark.slow)])
 def test_two_ranks_equal_one_process(one_process, parallel, tmp_path):
     """2 ranks x 2 micro-batches of 2 rows == 1 process x 4 micro-batches: same weights after each step."""
     ref_dir, overrides = one_process
@@ -74,6 +74,7 @@ def test_two_ranks_equal_one_process(one_process, parallel, tmp_path):
         assert b["mfu"] / b["tokens_per_s"] == pytest.approx(a["mfu"] / a["tokens_per_s"] / 2, rel=1e-9)
 
 
+@pytest.mark.slow
 def test_two_nodes_by_the_documented_torchrun_lines(one_process, tmp_path):
     """docs/distributed.md's two-machine example, both "machines" on this one: one torchrun per node
     (--nnodes 2 --node-rank 0/1, master address and port), each node's local rank 0 preparing the data
@@ -101,6 +102,7 @@ def test_two_nodes_by_the_documented_torchrun_lines(one_process, tmp_path):
     assert_same_weights(weights(one, 2), weights(tmp_path / "run", 2), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_ddp_noise_scale_uses_per_rank_and_all_reduced_gradients(one_process, tmp_path):
     """Under DDP, |G_small|² is each rank's own gradient (B/2 targets) and |G_big|² the all-reduced one."""
     _, overrides = one_process
@@ -148,6 +150,7 @@ def test_classification_across_ranks_is_exactly_normalised(tmp_path):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_fsdp_checkpoint_resumes_on_one_and_on_two_ranks(tmp_path):
     """A sharded checkpoint written by 2 ranks continues with the same losses on 2 ranks and on 1."""
     overrides = QUIET + ["train.max_steps=6", "train.save_every=3", "train.keep_last=5", "optim.warmup_steps=2",

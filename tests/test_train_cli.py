@@ -7,7 +7,9 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -174,6 +176,8 @@ def test_non_finite_steps_are_skipped_then_stop(tmp_path, monkeypatch):
 
     def flaky(model, batch, **kw):
         calls["n"] += 1
+        if calls["n"] == 4:
+            calls["batch"] = batch["input_ids"].clone()
         loss_sum, n, logs = real(model, batch, **kw)
         # call 1 is the start-up probe at the worst-case shape; calls 4 and 5 are steps 3 and 4
         return (loss_sum * float("nan") if calls["n"] in (4, 5) else loss_sum), n, logs
@@ -183,6 +187,17 @@ def test_non_finite_steps_are_skipped_then_stop(tmp_path, monkeypatch):
     train(load_config(TINY, base), tmp_path / "flaky", progress=False)
     rows = [json.loads(x) for x in (tmp_path / "flaky" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r.get("skipped")] == [3, 4]
+    skipped = [r for r in rows if r.get("skipped")]
+    # each names the 8 rows (global batch 8) it read: shard file and token range, different rows per step
+    assert all(len(r["data"]) == 8 and all(".bin tokens " in x for x in r["data"]) for r in skipped)
+    assert set(skipped[0]["data"]).isdisjoint(skipped[1]["data"])
+    read = []
+    for where in skipped[0]["data"]:  # the named token ranges are exactly the rows of the bad batch
+        path, span = where.split(" tokens ")
+        a, b = map(int, span.split(".."))
+        dtype = json.loads((Path(path).parent.parent / "manifest.json").read_text())["dtype"]
+        read.append(np.fromfile(path, dtype=dtype)[a : b + 1].tolist())
+    assert sorted(read) == sorted(calls["batch"].tolist())
     assert all(r["loss"] == r["loss"] for r in rows if not r.get("skipped") and "split" not in r)
 
     monkeypatch.setitem(objectives.OBJECTIVES, "lm",

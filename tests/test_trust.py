@@ -202,6 +202,7 @@ def test_fp16_resume_is_exact_with_the_scaler_state(fp16_on_cpu, tmp_path):
     assert [(r["loss"], r["loss_scale"]) for r in got] == [(r["loss"], r["loss_scale"]) for r in rows]
 
 
+@pytest.mark.slow  # prepares the default's BPE data
 def test_a_smoke_run_shorter_than_the_default_warmup_trains(tmp_path):
     proc = run_cli("train", "--run-dir", tmp_path / "smoke", "--no-progress", "--set", "train.max_steps=5",
                    "--set", "train.baseline=false", "--set", "train.sample_tokens=0")

@@ -38,6 +38,7 @@ class ExampleLoader:
         self.epoch, self.shard_pos, self.window_pos, self.batch_pos, self.ordinal = 0, 0, 0, 0, 0
         self._load_window()
         self.padding_seen, self.tokens_seen = 0, 0
+        self.drawn = []  # (shard, example) of the batches since the caller last cleared it
 
     # ------------------------------------------------------------------ lengths and batches
 
@@ -159,7 +160,13 @@ class ExampleLoader:
         return self.padding_seen / max(self.tokens_seen, 1)
 
     def next_batch(self) -> dict:
-        return self.make_batch(*self._advance())
+        shard, ids = self._advance()
+        self.drawn.extend((shard, int(i)) for i in ids)
+        return self.make_batch(shard, ids)
+
+    def describe(self, picks: list[tuple[int, int]]) -> list[str]:
+        """Where (shard, example) picks lie, for people: file and example number within it."""
+        return [f"{self.shards.shards[k].bin_path} example {i}" for k, i in picks]
 
     def eval_batches(self, max_batches: int | None = None, max_examples: int | None = None, seed: int = 0):
         """Every example of the split once (this rank's share), length-sorted per window, in order.

@@ -115,6 +115,7 @@ class PackedLMLoader:
                             f"data.seq_len+1={seq_len + 1}")
         self.walk = _EpochWalk(rows, seed, rank, world_size, shuffle, shards.fingerprint)
         self.rows_per_epoch = self.walk.per_rank
+        self.drawn = []
 
     def row(self, shard: int, r: int) -> np.ndarray:
         start = r * self.seq_len
@@ -131,7 +132,16 @@ class PackedLMLoader:
         return batch
 
     def next_batch(self) -> dict:
-        return self.make_batch([self.row(*self.walk.next()) for _ in range(self.batch_size)])
+        picks = [self.walk.next() for _ in range(self.batch_size)]
+        self.drawn.extend(picks)
+        return self.make_batch([self.row(*p) for p in picks])
+
+    drawn: list  # (shard, row) of the batches since the caller last cleared it: where a bad step's data came from
+
+    def describe(self, picks: list[tuple[int, int]]) -> list[str]:
+        """Where (shard, row) picks lie, for people: file and token range."""
+        n = self.seq_len
+        return [f"{self.shards.shards[k].bin_path} tokens {r * n}..{(r + 1) * n}" for k, r in picks]
 
     def state_dict(self) -> dict:
         return self.walk.state_dict()

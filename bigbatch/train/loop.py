@@ -427,16 +427,20 @@ def _run(ctx: _Context, state: dict, stop: _StopSignal, progress: bool) -> None:
         if not ctx.dist.enabled and (stop.signum is not None or time_up):  # one process: stop before the step
             ctx.stopped = stop.signum is not None
             break
+        ctx.data.train.drawn.clear()
         result = _step(ctx, precision, state["step"], stop.signum is not None, time_up)
         loss_sum, grad_norm, n, tokens, applied = (result.loss_sum, result.grad_norm, result.n_targets, result.tokens,
                                                    result.applied)
         state["step"] += 1
         bad_steps = 0 if applied else bad_steps + 1
-        if not applied:
+        if not applied:  # where the step's data came from (this rank's share), so the bad example can be found
+            where = ctx.data.train.describe(ctx.data.train.drawn)
             ctx.logger.log({"step": state["step"], "skipped": True, "loss": float(loss_sum) / n,
-                            "grad_norm": float(grad_norm)})
+                            "grad_norm": float(grad_norm), "data": where})
             if ctx.dist.is_main:
-                print(f"step {state['step']}: loss or gradient not finite, update skipped", file=sys.stderr)
+                more = f" and {len(where) - 1} more (metrics.jsonl)" if len(where) > 1 else ""
+                print(f"step {state['step']}: loss or gradient not finite, update skipped; its batch read "
+                      f"{where[0] if where else '?'}{more}", file=sys.stderr)
             if bad_steps >= t.max_bad_steps:
                 raise TrainingError(f"loss or gradient not finite for {bad_steps} steps in a row (step {state['step']}); "
                                     f"the last good checkpoint is in {ctx.run_dir / 'checkpoints'}; try a lower optim.lr")
