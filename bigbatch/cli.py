@@ -34,11 +34,11 @@ def _base(args, run_dir: Path | None = None):
 def _resume_dir(args) -> Path | None:
     """--run-dir, or with --resume and no --run-dir the newest run under ./runs that holds a checkpoint."""
     if args.resume and args.run_dir is None:
-        runs = sorted(p.parent.parent for p in Path("runs").glob("*/checkpoints/latest"))
+        runs = sorted({p.parent.parent for p in Path("runs").glob("*/checkpoints/step_*")})
         if not runs:
             raise UserError("--resume: no run with a checkpoint under ./runs; give --run-dir")
         return runs[-1]
-    if args.resume and not (Path(args.run_dir) / "checkpoints" / "latest").exists():
+    if args.resume and not any((Path(args.run_dir) / "checkpoints").glob("step_*")):
         raise UserError(f"--resume: {args.run_dir} has no checkpoint to resume from")
     return Path(args.run_dir) if args.run_dir else None
 

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -214,6 +217,8 @@ class TrainConfig:
         _non_negative(self, "eval_every", "save_every", "grad_clip", "sample_tokens", "batch_warmup_steps")
         if self.global_batch_size and self.global_batch_tokens:
             raise UserError("set one of train.global_batch_size and train.global_batch_tokens, not both")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):  # else torch.device() fails mid-start
+            raise UserError(f"train.device={_show(self.device)} is invalid: expected auto, cpu, cuda or cuda:N")
 
 
 @dataclass
@@ -300,7 +305,9 @@ def _check_each(obj, names, ok, expected):
     for name in names:
         value = getattr(obj, name)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and not ok(value):
-            raise UserError(f"{_SECTION[type(obj)]}.{name}={value!r} is invalid: expected {expected}")
+            raise UserError(f"{_SECTION[type(obj)]}.{name}={_show(value)} is invalid: expected {expected}")
+        if isinstance(value, float) and not math.isfinite(value):  # inf passes "> 0"; nan fails every check above
+            raise UserError(f"{_SECTION[type(obj)]}.{name}={_show(value)} is invalid: expected a finite number")
 
 
 def _positive(obj, *names):
@@ -316,6 +323,19 @@ def _fraction(obj, *names):
 
 
 _SECTION = {ModelConfig: "model", DataConfig: "data", TrainConfig: "train", OptimConfig: "optim"}
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 2, 80, 80
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 4
+
+
+def _show(value: Any) -> str:
+    """repr of a value for an error message: one short line, also for a YAML alias expansion (a billion
+    laughs) or a value that contains itself, whose full repr would be huge or endless."""
+    try:
+        return _REPR.repr(value)
+    except ValueError:  # an int of more than 4300 digits has no str
+        return f"<an integer of {value.bit_length()} bits>"
 
 
 # --------------------------------------------------------------------------- parsing
@@ -334,25 +354,25 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
                 return _coerce(value, option, key)
             except UserError as e:
                 expected.append(str(e).split("expected ", 1)[-1])
-        raise UserError(f"{key}={value!r} is invalid: expected {' or '.join(expected)}")
+        raise UserError(f"{key}={_show(value)} is invalid: expected {' or '.join(expected)}")
     if origin is Literal:
         if value not in args:
-            raise UserError(f"{key}={value!r} is invalid: expected one of {', '.join(map(str, args))}")
+            raise UserError(f"{key}={_show(value)} is invalid: expected one of {', '.join(map(str, args))}")
         return value
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise UserError(f"{key}={value!r} is invalid: expected a list of {len(args)} numbers")
+            raise UserError(f"{key}={_show(value)} is invalid: expected a list of {len(args)} numbers")
         return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
     if hint is bool:
         if isinstance(value, bool):
             return value
-        raise UserError(f"{key}={value!r} is invalid: expected true or false")
+        raise UserError(f"{key}={_show(value)} is invalid: expected true or false")
     if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
         if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise UserError(f"{key}={value!r} is invalid: expected an integer")
+            value = int(value)
+        if isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63:
+            return value
+        raise UserError(f"{key}={_show(value)} is invalid: expected an integer (64-bit)")
     if hint is float:
         if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
             try:
@@ -361,11 +381,11 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
                 pass
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-        raise UserError(f"{key}={value!r} is invalid: expected a number")
+        raise UserError(f"{key}={_show(value)} is invalid: expected a number")
     if hint is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
-        raise UserError(f"{key}={value!r} is invalid: expected a string")
+        raise UserError(f"{key}={_show(value)} is invalid: expected a string")
     raise TypeError(f"unsupported config type {hint} for {key}")
 
 
@@ -381,11 +401,11 @@ def _build(cls, values: dict, prefix: str, where: dict[str, str]):
     for key, value in values.items():
         full = f"{prefix}{key}"
         if key not in names:
-            raise UserError(f"{where.get(full, '')}unknown config key '{full}'" + _nearest(full, [f"{prefix}{n}" for n in names]))
+            raise UserError(f"{where.get(full, '')}unknown config key {_show(full)}" + _nearest(full, [f"{prefix}{n}" for n in names]))
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
             if not isinstance(value, dict):
-                raise UserError(f"{where.get(full, '')}{full} must be a mapping of keys, got {value!r}")
+                raise UserError(f"{where.get(full, '')}{full} must be a mapping of keys, got {_show(value)}")
             kwargs[key] = _build(hint, value, f"{full}.", where)
         else:
             try:
@@ -407,10 +427,17 @@ def from_dict(values: dict, where: dict[str, str] | None = None) -> Config:
 def _key_lines(text: str, path: str) -> dict[str, str]:
     """Map every dotted key of a YAML document to "path:line: " for error messages."""
     where: dict[str, str] = {}
+    seen: set[int] = set()  # an alias is its anchor's node: each walked once (no endless loop, no billion laughs)
 
     def walk(node, prefix):
-        if isinstance(node, yaml.MappingNode):
+        if isinstance(node, yaml.MappingNode) and id(node) not in seen:
+            seen.add(id(node))
+            keys = set()  # PyYAML keeps the last of duplicate keys silently
             for k, v in node.value:
+                if isinstance(k.value, str):
+                    if k.value in keys:
+                        raise UserError(f"{path}:{k.start_mark.line + 1}: key {_show(k.value)} is given twice")
+                    keys.add(k.value)
                 key = f"{prefix}{k.value}"
                 where[key] = f"{path}:{k.start_mark.line + 1}: "
                 walk(v, key + ".")
@@ -419,20 +446,32 @@ def _key_lines(text: str, path: str) -> dict[str, str]:
     return where
 
 
+def _yaml_problem(e: Exception) -> str:
+    """The one-line gist of a YAML (or int / recursion) error, without the excerpt of the document."""
+    if isinstance(e, RecursionError):
+        return "nested too deeply"
+    problem = getattr(e, "problem", None) or getattr(e, "reason", None) or str(e)
+    return " ".join(str(problem).split())[:200]
+
+
 def parse_set(items: list[str]) -> dict:
-    """``["train.max_steps=10", ...]`` -> nested dict; values are parsed as YAML scalars."""
+    """``["train.max_steps=10", ...]`` -> nested dict; values are parsed as YAML scalars (a value that is not
+    YAML, such as the glob ``*.jsonl``, is kept as its text; the key's type then decides)."""
     out: dict = {}
     for item in items:
         if "=" not in item:
-            raise UserError(f"--set {item!r}: expected key=value, e.g. --set train.max_steps=100")
+            raise UserError(f"--set {_show(item)}: expected key=value, e.g. --set train.max_steps=100")
         key, raw = item.split("=", 1)
         node = out
         parts = key.strip().split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise UserError(f"--set {item!r}: {part} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+                raise UserError(f"--set {_show(item)}: {_show(part)} is not a section")
+        try:
+            node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+        except (yaml.YAMLError, ValueError, RecursionError):  # ValueError: an int of > 4300 digits
+            node[parts[-1]] = raw.strip()  # not YAML (a glob *.jsonl, an unclosed [): the text as given
     return out
 
 
@@ -450,16 +489,20 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), base:
     if path is not None:
         path = Path(path)
         try:
-            text = path.read_text()
+            text = path.read_text(encoding="utf-8")
         except OSError as e:
             raise UserError(f"cannot read config {path}: {e.strerror}") from None
+        except UnicodeDecodeError as e:
+            raise UserError(f"{path}: not UTF-8 text (byte {e.start})") from None
         try:
             loaded = yaml.safe_load(text) or {}
             where = _key_lines(text, str(path))
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             line = f":{mark.line + 1}" if mark else ""
-            raise UserError(f"{path}{line}: not valid YAML ({getattr(e, 'problem', e)})") from None
+            raise UserError(f"{path}{line}: not valid YAML ({_yaml_problem(e)})") from None
+        except (ValueError, RecursionError) as e:  # an int of > 4300 digits; nesting deeper than Python's stack
+            raise UserError(f"{path}: not a usable config ({_yaml_problem(e)})") from None
         if not isinstance(loaded, dict):
             raise UserError(f"{path}: expected a mapping of config keys at the top level")
         values = merge(values, loaded)
@@ -468,5 +511,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), base:
         given = sets.get("optim") or {}
         if key in given and base not in given and isinstance(values.get("optim"), dict):
             values["optim"][base] = None  # a new lr / warm-up is the one given, not a saved run's base
-    values = merge(values, sets)
-    return from_dict(values, where)
+    try:
+        values = merge(values, sets)
+        return from_dict(values, where)
+    except RecursionError:  # a YAML value that contains itself, given both in the file and in --set
+        raise UserError("the config nests too deeply (a YAML alias that contains itself?)") from None

@@ -109,15 +109,18 @@ def test_a_resave_leaves_one_complete_checkpoint(saved_run, tmp_path):
 
 
 class Payload:
+    def __init__(self, marker="/nonexistent/bigbatch-pwned"):
+        self.marker = marker
+
     def __reduce__(self):
-        return (os.system, ("touch /tmp/bigbatch-pwned",))
+        return (os.system, (f"touch {self.marker}",))
 
 
-def plant(path):
+def plant(path, marker):
     if path.suffix == ".pt":
-        torch.save(Payload(), path)  # as torch would write it
+        torch.save(Payload(marker), path)  # as torch would write it
     else:
-        path.write_bytes(pickle.dumps(Payload()))
+        path.write_bytes(pickle.dumps(Payload(marker)))
     sums_file = path.parent / "checksums.json"
     while not sums_file.exists():
         sums_file = sums_file.parent.parent / "checksums.json"
@@ -135,14 +138,59 @@ def test_a_planted_pickle_is_refused_with_one_line(saved_run, tmp_path, target):
         sums = json.loads((ckpt / "checksums.json").read_text())
         del sums["trainer.json"]
         (ckpt / "checksums.json").write_text(json.dumps(sums))
-    plant(ckpt / target)
-    if os.path.exists("/tmp/bigbatch-pwned"):
-        os.unlink("/tmp/bigbatch-pwned")
+    marker = tmp_path / "pwned"
+    plant(ckpt / target, marker)
     proc = run_cli("train", "--run-dir", run, "--no-progress", "--set", "train.max_steps=14", check=False)
     last = proc.stderr.strip().splitlines()[-1]
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and last.startswith("bigbatch: error:"), proc.stderr
     assert f"{target}: refused" in last and "system" in last
-    assert not os.path.exists("/tmp/bigbatch-pwned")
+    assert not marker.exists()
+
+
+def test_dcp_metadata_naming_files_outside_its_directory_is_refused(saved_run, tmp_path):
+    run = copy_run(saved_run, tmp_path / "run")
+    state_dir = run / "checkpoints" / "step_00000012" / "state"
+    with open(state_dir / ".metadata", "rb") as f:
+        metadata = checkpoint._MetadataUnpickler(f).load()
+    for info in metadata.storage_data.values():
+        info.relative_path = "../../../../../../etc/passwd"
+    (state_dir / ".metadata").write_bytes(pickle.dumps(metadata))
+    with pytest.raises(UserError, match="outside its directory"):
+        checkpoint._SafeReader(str(state_dir)).read_metadata()
+    (state_dir / ".metadata").write_bytes(pickle.dumps([1, 2]))
+    with pytest.raises(UserError, match="not checkpoint metadata"):
+        checkpoint._SafeReader(str(state_dir)).read_metadata()
+
+
+def test_pruning_never_deletes_the_checkpoint_just_written(saved_run, tmp_path):
+    """Steps 8 and 12 fail verification: the run resumes from 4, sets them aside, and its new step-6
+    checkpoint survives pruning (keep_last=2), though higher-numbered directories existed."""
+    run = copy_run(saved_run, tmp_path / "run")
+    for step in (8, 12):
+        (run / "checkpoints" / f"step_{step:08d}" / "trainer.json").write_text("{}")
+    train(load_config(TINY, QUIET + ["train.max_steps=6", "train.save_every=4", "train.keep_last=2"]), run,
+          progress=False)
+    names = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert names == [".corrupt-step_00000008", ".corrupt-step_00000012", "best", "latest", "step_00000004",
+                     "step_00000006"], names
+    assert find_resumable(run).name == "step_00000006"
+
+
+def test_a_run_directory_in_use_is_refused(saved_run, tmp_path):
+    run = copy_run(saved_run, tmp_path / "run")
+    with checkpoint.run_dir_lock(run):
+        proc = run_cli("train", "--run-dir", run, "--no-progress", "--set", "train.max_steps=14", check=False)
+    assert proc.returncode == 2 and "is in use by another bigbatch process (pid " in proc.stderr, proc.stderr
+    assert sorted(p.name for p in (run / "checkpoints").glob("step_*")) == sorted(
+        p.name for p in (saved_run / "checkpoints").glob("step_*"))
+
+
+def test_shards_missing_their_trained_tokenizer_are_refused(tmp_path):
+    from bigbatch.data.pipeline import tokenizer_of
+
+    assert tokenizer_of(tmp_path, "byte").vocab_size == 259
+    with pytest.raises(UserError, match="tokenizer.json: missing, and these shards were tokenised with a bpe"):
+        tokenizer_of(tmp_path, "bpe")
 
 
 def test_dcp_byte_entries_load_as_data_only():

@@ -8,12 +8,13 @@ batches of the window shuffled again. Rank r of W takes every W-th batch.
 
 from __future__ import annotations
 
+import collections
 import sys
 
 import numpy as np
 import torch
 
-from bigbatch.data.loader import _rng, check_resumable, padded_length
+from bigbatch.data.loader import DRAWN_MAX, _rng, check_resumable, padded_length
 from bigbatch.data.shards import ShardSet
 from bigbatch.errors import UserError
 
@@ -38,7 +39,7 @@ class ExampleLoader:
         self.epoch, self.shard_pos, self.window_pos, self.batch_pos, self.ordinal = 0, 0, 0, 0, 0
         self._load_window()
         self.padding_seen, self.tokens_seen = 0, 0
-        self.drawn = []  # (shard, example) of the batches since the caller last cleared it
+        self.drawn = collections.deque(maxlen=DRAWN_MAX)  # (shard, example) since the caller last cleared it
 
     # ------------------------------------------------------------------ lengths and batches
 

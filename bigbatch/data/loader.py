@@ -9,11 +9,15 @@ shard's order and continues at the next item without reading anything that came 
 
 from __future__ import annotations
 
+import collections
+
 import numpy as np
 import torch
 
 from bigbatch.data.shards import ShardSet
 from bigbatch.errors import UserError
+
+DRAWN_MAX = 1 << 16  # the (shard, item) picks a loader remembers for a bad step's report: bounded whoever calls it
 
 # padded lengths are rounded up to one of these, so shapes repeat (few torch.compile recompiles)
 PAD_LENGTHS = (8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192)
@@ -115,7 +119,7 @@ class PackedLMLoader:
                             f"data.seq_len+1={seq_len + 1}")
         self.walk = _EpochWalk(rows, seed, rank, world_size, shuffle, shards.fingerprint)
         self.rows_per_epoch = self.walk.per_rank
-        self.drawn = []
+        self.drawn = collections.deque(maxlen=DRAWN_MAX)
 
     def row(self, shard: int, r: int) -> np.ndarray:
         start = r * self.seq_len
@@ -136,7 +140,7 @@ class PackedLMLoader:
         self.drawn.extend(picks)
         return self.make_batch([self.row(*p) for p in picks])
 
-    drawn: list  # (shard, row) of the batches since the caller last cleared it: where a bad step's data came from
+    drawn: collections.deque  # (shard, row) since the caller last cleared it: where a bad step's data came from
 
     def describe(self, picks: list[tuple[int, int]]) -> list[str]:
         """Where (shard, row) picks lie, for people: file and token range."""

@@ -23,6 +23,7 @@ from bigbatch.data.shards import ShardSet, read_manifest
 from bigbatch.data.sources import Fields
 from bigbatch.data.tokenizer import ByteTokenizer, load_tokenizer_file
 from bigbatch.distributed.process import wait_for_file
+from bigbatch.errors import UserError
 
 
 def source_bytes(source: str) -> int:
@@ -90,9 +91,13 @@ def shard_dir_for(cfg: Config, progress: bool = True, preparer: bool = True) -> 
 
 
 def tokenizer_of(directory: Path, kind: str | None = None):
-    """The tokenizer saved beside shards or in a run directory (byte-level when none is saved)."""
+    """The tokenizer saved beside shards or in a run directory: tokenizer.json, or bytes where ``kind`` is
+    byte (or not known). A trained tokenizer that is missing is an error, never bytes in its place."""
     path = Path(directory) / "tokenizer.json"
     if not path.exists():
+        if kind not in (None, "byte"):
+            raise UserError(f"{path}: missing, and these shards were tokenised with a {kind} tokenizer; "
+                            "prepare the data again (delete the directory)")
         return ByteTokenizer()
     tok = load_tokenizer_file(path)
     tok.kind = kind or tok.kind

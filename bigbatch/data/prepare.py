@@ -25,7 +25,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -78,8 +78,11 @@ def fingerprint(spec: PrepareSpec) -> str:
         parts["tokenizer"] = "byte"
     else:
         tok_file = Path(spec.tokenizer).expanduser()
-        tok_file = tok_file / "tokenizer.json" if tok_file.is_dir() else tok_file
-        parts["tokenizer"] = hashlib.sha1(tok_file.read_bytes()).hexdigest() if tok_file.exists() else spec.tokenizer
+        try:
+            tok_file = tok_file / "tokenizer.json" if tok_file.is_dir() else tok_file
+            parts["tokenizer"] = hashlib.sha1(tok_file.read_bytes()).hexdigest() if tok_file.exists() else spec.tokenizer
+        except OSError:  # unreadable, or a name too long: loading it says so in one line
+            parts["tokenizer"] = spec.tokenizer
     parts["fields"].pop("skip_bad_rows")
     if spec.task == "lm" and not spec.fields.text_per_line and not all(
             s is None or s.startswith("builtin:") for s in (spec.source, spec.valid_source, spec.test_source)):
@@ -136,8 +139,11 @@ def _dataset_dict_splits(path: Path) -> list[tuple[Path, str]] | None:
     listing = path / "dataset_dict.json" if path.is_dir() else None
     if listing is None or not listing.exists():
         return None
-    names = json.loads(listing.read_text()).get("splits", [])
-    unknown = [n for n in names if n not in _HF_SPLITS]
+    try:
+        names = json.loads(listing.read_text()).get("splits", [])
+        unknown = [n for n in names if not isinstance(n, str) or n not in _HF_SPLITS]
+    except (ValueError, TypeError, AttributeError):
+        raise UserError(f"{listing}: not a datasets save_to_disk listing (expected {{\"splits\": [...]}})") from None
     if unknown:
         raise UserError(f"{path}: split {unknown[0]!r} is not one of {', '.join(_HF_SPLITS)}")
     return [(path / n, _HF_SPLITS[n]) for n in names]
@@ -201,7 +207,12 @@ def _build_tokenizer(spec: PrepareSpec, out: Path):
                     return
 
     tok = train_tokenizer(spec.tokenizer, sample(), spec.vocab_size)
-    tok.save(out)
+    tmp = out / ".tokenizer.tmp"  # saved aside, then renamed: a kill mid-write leaves no half file for the check above
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    tok.save(tmp)
+    os.replace(tmp / "tokenizer.json", path)
+    tmp.rmdir()
     return tok, path
 
 
@@ -221,11 +232,11 @@ def _encode_flat(texts: list[str], eos: int | None = None) -> tuple[np.ndarray, 
     if isinstance(tok, ByteTokenizer):  # bytes are ids: no per-token Python objects
         arrays = [np.frombuffer(t.encode("utf-8"), dtype=np.uint8) for t in texts]
         if eos is not None:
-            arrays = [x for a in arrays for x in (a, np.array([eos]))]
+            arrays = [x for a in arrays for x in (a, np.array([eos], dtype=dtype))]  # not int64: 8 bytes per token
             lengths = np.array([len(a) + 1 for a in arrays[::2]], dtype=np.int32)
         else:
             lengths = np.array([len(a) for a in arrays], dtype=np.int32)
-        return np.concatenate(arrays).astype(dtype) if arrays else np.zeros(0, dtype), lengths
+        return np.concatenate(arrays).astype(dtype, copy=False) if arrays else np.zeros(0, dtype), lengths
     lists = tok.encode_lists(texts)
     extra = [] if eos is None else [eos]
     lengths = np.fromiter((len(x) + len(extra) for x in lists), dtype=np.int32, count=len(lists))
@@ -270,7 +281,11 @@ class _Progress:
 
     def __init__(self, out: Path, fp: str):
         self.path = out / "progress.json"
-        state = json.loads(self.path.read_text()) if self.path.exists() else {}
+        try:
+            state = json.loads(self.path.read_text()) if self.path.exists() else {}
+        except ValueError:  # cut short or damaged: start over
+            state = {}
+        state = state if isinstance(state, dict) else {}
         if state.get("fingerprint") != fp:
             state = {"fingerprint": fp, "streams": {}, "shards": {"train": [], "valid": [], "test": []},
                      "labels": [], "label_splits": {"train": [], "valid": [], "test": []}, "skipped": 0}
@@ -287,7 +302,11 @@ def prepared_dir(spec: PrepareSpec, out: str | Path | None = None) -> tuple[Path
 
 
 def is_prepared(out: Path, fp: str) -> bool:
-    return (out / "manifest.json").exists() and read_manifest(out).get("fingerprint") == fp
+    try:
+        return (out / "manifest.json").exists() and read_manifest(out).get("fingerprint") == fp
+    except (OSError, ValueError, AttributeError) as e:  # not JSON, not an object, a name too long: never rmtree it
+        why = getattr(e, "strerror", None) or "not a manifest of prepared data"
+        raise UserError(f"{str(out)[:200]}/manifest.json: {why}; remove it or prepare into another directory") from None
 
 
 def verify_prepared(spec: PrepareSpec, out: str | Path | None = None) -> tuple[Path, int]:
@@ -310,8 +329,14 @@ def prepare(spec: PrepareSpec, out: str | Path | None = None, progress: bool = T
     out, fp = prepared_dir(spec, out)
     if is_prepared(out, fp):
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out.parent / f".{out.name}.lock", "w") as lock:
+    try:
+        if out.exists() and not out.is_dir():
+            raise UserError(f"{str(out)[:200]}: a file is there; expected a directory for prepared data")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(out.parent / f".{out.name}.lock", "w")
+    except OSError as e:  # a file in the way, no permission, a name too long
+        raise UserError(f"{str(out)[:200]}: cannot write prepared data there ({e.strerror})") from None
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another process preparing the same directory: wait for it, reuse its work
         if is_prepared(out, fp):
             return out
@@ -319,6 +344,8 @@ def prepare(spec: PrepareSpec, out: str | Path | None = None, progress: bool = T
 
 
 def _prepare_locked(spec: PrepareSpec, out: Path, fp: str, progress: bool) -> Path:
+    # more tokenising processes than cores cannot go faster; a huge data.num_workers would fork without end
+    spec = replace(spec, workers=max(1, min(spec.workers, os.cpu_count() or 1)))
     if (out / "manifest.json").exists():
         print(f"{out}: the data or settings changed since it was prepared; preparing again", file=sys.stderr)
         shutil.rmtree(out)
@@ -355,24 +382,26 @@ def _prepare_stream(spec, out, name, source, split, state, dtype, bad, pool, pro
     chunk_tokens, done, start, tokens_total = 0, skip, time.time(), 0
     total = None if source.startswith("builtin:") else sum(f.stat().st_size for f in expand(source) if f.is_file())
     bar = tqdm(desc=f"prepare {name}", total=total, unit="B", unit_scale=True, disable=not progress, mininterval=1.0)
-    for parts, chars, n_records in results:
-        for s, part in parts.items():
-            if spec.task == "classify":
-                part["label"] = np.array([_label_id(str(x), labels, state.state, s) for x in part["labels"]],
-                                         dtype=np.int32)
-            chunk[s].append(part)
-            chunk_tokens += len(part["tokens"])
-            tokens_total += len(part["tokens"])
-        bar.update(chars)
-        done += n_records
-        if chunk_tokens >= spec.shard_tokens:
-            _write_chunk(out, name, stream, chunk, dtype, state, done, bad)
-            chunk, chunk_tokens = {"train": [], "valid": [], "test": []}, 0
-        bar.set_postfix(tokens_s=f"{tokens_total / max(time.time() - start, 1e-9):,.0f}", refresh=False)
-    _write_chunk(out, name, stream, chunk, dtype, state, done, bad)
-    stream["done"] = True
-    state.save()
-    bar.close()
+    try:
+        for parts, chars, n_records in results:
+            for s, part in parts.items():
+                if spec.task == "classify":
+                    part["label"] = np.array([_label_id(str(x), labels, state.state, s) for x in part["labels"]],
+                                             dtype=np.int32)
+                chunk[s].append(part)
+                chunk_tokens += len(part["tokens"])
+                tokens_total += len(part["tokens"])
+            bar.update(chars)
+            done += n_records
+            if chunk_tokens >= spec.shard_tokens:
+                _write_chunk(out, name, stream, chunk, dtype, state, done, bad)
+                chunk, chunk_tokens = {"train": [], "valid": [], "test": []}, 0
+            bar.set_postfix(tokens_s=f"{tokens_total / max(time.time() - start, 1e-9):,.0f}", refresh=False)
+        _write_chunk(out, name, stream, chunk, dtype, state, done, bad)
+        stream["done"] = True
+        state.save()
+    finally:
+        bar.close()  # an error's one line starts on a line of its own
 
 
 def _imap_bounded(pool, groups: Iterator, ahead: int) -> Iterator[tuple[dict, int, int]]:
@@ -418,7 +447,10 @@ def _finish(spec, out, fp, tok, dtype, state, bad) -> Path:
                          "n_tokens": sum(s["n_tokens"] for s in shards), "n_bytes": sum(s["n_bytes"] for s in shards)}
     if not splits["train"]["n_examples"]:
         shutil.rmtree(out, ignore_errors=True)
-        raise UserError(f"data.source={spec.source!r}: no usable examples (empty, or every row was skipped)")
+        held = f"; {splits['valid']['n_examples']} went to valid, {splits['test']['n_examples']} to test by their hash" \
+            if splits["valid"]["n_examples"] + splits["test"]["n_examples"] else ""
+        raise UserError(f"data.source={spec.source[:200]!r}: no usable examples in the train split (empty, or every "
+                        f"row was skipped: {bad.count} skipped{held})")
     if spec.task == "classify":
         train_labels = set(st["label_splits"]["train"])
         for split in ("valid", "test"):

@@ -20,6 +20,7 @@ import io
 import itertools
 import json
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -82,18 +83,23 @@ def is_hf_dataset_dir(path: Path) -> bool:
 
 def expand(source: str) -> list[Path]:
     """A file, directory (its files, recursively), glob or HF datasets dir -> sorted files / dirs."""
+    if not source.strip():  # Path("") is the current directory: every file under it would be read
+        raise UserError("data.source is empty: expected a file, directory, glob or builtin:NAME")
     if any(c in source for c in "*?["):
         paths = [Path(p) for p in sorted(glob.glob(os.path.expanduser(source), recursive=True))]
     else:
         paths = [Path(os.path.expanduser(source))]
     out: list[Path] = []
-    for p in paths:
-        if is_hf_dataset_dir(p) or p.is_file() or (p / "dataset_dict.json").exists():
-            out.append(p)
-        elif p.is_dir():
-            out += sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
+    try:
+        for p in paths:
+            if is_hf_dataset_dir(p) or p.is_file() or (p / "dataset_dict.json").exists():
+                out.append(p)
+            elif p.is_dir():
+                out += sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
+    except OSError as e:  # a name too long for the file system, a directory we may not list
+        raise UserError(f"data.source={source[:200]!r}: cannot read it ({e.strerror})") from None
     if not out:
-        raise UserError(f"data.source={source!r}: no such file, directory or matching files")
+        raise UserError(f"data.source={source[:200]!r}: no such file, directory or matching files")
     return out
 
 
@@ -125,8 +131,16 @@ def _pick(row: dict, fields: Fields, where: str, bad: BadRows) -> dict | None:
     for key, name in fields.wanted().items():
         value = row.get(name)
         if value is None or (isinstance(value, str) and key != "label" and not value.strip()):
-            present = ", ".join(map(str, row)) or "none"
-            bad.add(where, f"missing field '{name}' (data.{key}_field; fields present: {present})", fields.skip_bad_rows)
+            # names as repr without quotes: a name with a newline still gives a one-line message
+            present = ", ".join(repr(str(n))[1:-1][:40] for n in itertools.islice(row, 20)) or "none"
+            present += ", ..." if len(row) > 20 else ""
+            what = "missing field" if name not in row else "empty field"
+            bad.add(where, f"{what} '{name}' (data.{key}_field; fields present: {present})", fields.skip_bad_rows)
+            return None
+        if isinstance(value, (list, dict, bytes)):  # str() of these is not the text anyone meant
+            kind = {list: "a list", dict: "an object", bytes: "bytes"}[type(value)]
+            bad.add(where, f"field '{name}' holds {kind}, expected a string or a number (data.{key}_field)",
+                    fields.skip_bad_rows)
             return None
         record[key] = value if key == "label" else str(value)
     return record
@@ -216,17 +230,35 @@ def _read_jsonl(path: Path, fields: Fields, bad: BadRows) -> Iterator[dict]:
         except json.JSONDecodeError as e:
             bad.add(f"{path}:{number}", f"not valid JSON ({e.msg} at column {e.colno})", fields.skip_bad_rows)
             continue
+        except (ValueError, RecursionError) as e:  # an int of > 4300 digits; nesting deeper than the stack
+            why = "nested too deeply" if isinstance(e, RecursionError) else "a number too long"
+            bad.add(f"{path}:{number}", f"not usable JSON ({why})", fields.skip_bad_rows)
+            continue
         if not isinstance(row, dict):
             bad.add(f"{path}:{number}", "expected a JSON object per line", fields.skip_bad_rows)
             continue
         record = _pick(row, fields, f"{path}:{number}", bad)
+        if record is not None and "\\u" in line and not _encodable(record):  # "\ud800": a lone surrogate
+            bad.add(f"{path}:{number}", "a string escape that is not a character (a lone UTF-16 surrogate)",
+                    fields.skip_bad_rows)
+            continue
         if record is not None:
             yield record
 
 
+def _encodable(record: dict) -> bool:
+    try:
+        for value in record.values():
+            if isinstance(value, str):
+                value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _read_csv(path: Path, fields: Fields, bad: BadRows, delimiter: str) -> Iterator[dict]:
     with open_binary(path) as raw:
-        text = io.TextIOWrapper(raw, encoding="utf-8", newline="")
+        text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")  # -sig: a BOM (Excel) is not in a name
         reader = csv.reader(text, delimiter=delimiter)
         header = None  # the first row
         while True:
@@ -234,8 +266,8 @@ def _read_csv(path: Path, fields: Fields, bad: BadRows, delimiter: str) -> Itera
                 values = next(reader)
             except StopIteration:
                 return
-            except UnicodeDecodeError as e:
-                raise UserError(f"{path}:{reader.line_num}: not UTF-8 (byte {e.start})") from None
+            except UnicodeDecodeError:  # decoded ahead in blocks: the row and byte are not known exactly
+                raise UserError(f"{path}: not UTF-8 text (after line {reader.line_num})") from None
             except csv.Error as e:
                 bad.add(f"{path}:{reader.line_num}", f"malformed row ({e})", fields.skip_bad_rows)
                 continue
@@ -267,10 +299,14 @@ def _read_arrow_table(table, path: Path, fields: Fields, bad: BadRows) -> Iterat
 
 
 def _read_parquet(path: Path, fields: Fields, bad: BadRows) -> Iterator[dict]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     with open_binary(path) as f:
-        table = pq.read_table(io.BytesIO(f.read()) if _format(path)[1] else path)
+        try:
+            table = pq.read_table(io.BytesIO(f.read()) if _format(path)[1] else path)
+        except pa.ArrowException as e:
+            raise UserError(f"{path}: not a readable Parquet file ({_one_line(e)})") from None
     yield from _read_arrow_table(table, path, fields, bad)
 
 
@@ -278,11 +314,23 @@ def _read_hf_dataset(path: Path, fields: Fields, bad: BadRows) -> Iterator[dict]
     """A directory written by datasets' save_to_disk: Arrow IPC stream files listed in state.json."""
     import pyarrow as pa
 
-    state = json.loads((path / "state.json").read_text())
-    for entry in state.get("_data_files", []):
-        with pa.memory_map(str(path / entry["filename"])) as source:
-            table = pa.ipc.open_stream(source).read_all()
-        yield from _read_arrow_table(table, path / entry["filename"], fields, bad)
+    try:
+        names = [entry["filename"] for entry in json.loads((path / "state.json").read_text()).get("_data_files", [])]
+        if not all(isinstance(n, str) and n == Path(n).name for n in names):  # file names inside the directory
+            raise ValueError("a data file that is not a file name in the directory")
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise UserError(f"{path}/state.json: not a datasets save_to_disk state ({_one_line(e)})") from None
+    for name in names:
+        try:
+            with pa.memory_map(str(path / name)) as source:
+                table = pa.ipc.open_stream(source).read_all()
+        except (pa.ArrowException, OSError) as e:
+            raise UserError(f"{path / name}: not a readable Arrow stream ({_one_line(e)})") from None
+        yield from _read_arrow_table(table, path / name, fields, bad)
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())[:200] or type(e).__name__
 
 
 def read_file(path: Path, fields: Fields, bad: BadRows) -> Iterator[dict]:
@@ -290,6 +338,15 @@ def read_file(path: Path, fields: Fields, bad: BadRows) -> Iterator[dict]:
     if is_hf_dataset_dir(path):
         yield from _read_hf_dataset(path, fields, bad)
         return
+    import zstandard
+
+    try:
+        yield from _read_format(path, fields, bad)
+    except (OSError, EOFError, zlib.error, zstandard.ZstdError) as e:  # not gzip / zstd, truncated, unreadable
+        raise UserError(f"{path}: cannot read it ({getattr(e, 'strerror', None) or _one_line(e)})") from None
+
+
+def _read_format(path: Path, fields: Fields, bad: BadRows) -> Iterator[dict]:
     fmt, _ = _format(path)
     if fmt in (".jsonl", ".json"):
         yield from _read_jsonl(path, fields, bad)

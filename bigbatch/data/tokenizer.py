@@ -16,6 +16,12 @@ import numpy as np
 from bigbatch.errors import UserError
 
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>", "<sep>", "<cls>"]
+MAX_VOCAB = 1 << 24
+"""Largest vocabulary (highest id + 1) a tokenizer.json may have: the largest real ones are ~256k; a stray
+id of 4e9 would otherwise size an embedding table beyond any memory."""
+MAX_TRAINED_VOCAB = 1 << 20
+"""Largest vocabulary trained here: the BPE trainer reserves ~66 bytes per entry up front (2**40 entries:
+the process aborts in Rust, beyond any Python error handling)."""
 
 
 class ByteTokenizer:
@@ -50,7 +56,14 @@ class HFTokenizer:
 
     def __init__(self, tokenizer, kind: str = "file"):
         self.tok, self.kind = tokenizer, kind
-        self.vocab_size = tokenizer.get_vocab_size()
+        # documents are cut into rows by the data pipeline, not by the tokenizer: a tokenizer.json's own
+        # truncation would silently shorten every document (and some settings make encode loop)
+        tokenizer.no_truncation()
+        tokenizer.no_padding()
+        # ids need not be contiguous in a tokenizer.json: the table must hold the highest one
+        self.vocab_size = max(tokenizer.get_vocab_size(), 1 + max(tokenizer.get_vocab().values(), default=-1))
+        if self.vocab_size > MAX_VOCAB:
+            raise UserError(f"token ids run to {self.vocab_size - 1:,}; at most {MAX_VOCAB:,} ids are supported")
         self.pad_id = self._special("<pad>", "[PAD]", "<|pad|>")
         self.bos_id = self._special("<bos>", "<s>", "[CLS]", "<|startoftext|>", "<|endoftext|>")
         self.eos_id = self._special("<eos>", "</s>", "[SEP]", "<|endoftext|>")
@@ -69,13 +82,20 @@ class HFTokenizer:
         return None
 
     def encode(self, text: str) -> np.ndarray:
-        return np.asarray(self.tok.encode(text, add_special_tokens=False).ids, dtype=np.uint32)
+        try:
+            ids = self.tok.encode(text, add_special_tokens=False).ids
+        except Exception as e:  # a tokenizer.json that loads but cannot encode (e.g. no unk token)
+            raise _encode_error(e) from None
+        return np.asarray(ids, dtype=np.uint32)
 
     def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
         return [np.asarray(ids, dtype=np.uint32) for ids in self.encode_lists(texts)]
 
     def encode_lists(self, texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in self.tok.encode_batch(list(texts), add_special_tokens=False)]
+        try:
+            return [e.ids for e in self.tok.encode_batch(list(texts), add_special_tokens=False)]
+        except Exception as e:
+            raise _encode_error(e) from None
 
     def decode(self, ids) -> str:
         return self.tok.decode([int(i) for i in ids], skip_special_tokens=True)
@@ -87,10 +107,16 @@ class HFTokenizer:
         return {"kind": self.kind, "vocab_size": self.vocab_size}
 
 
+def _encode_error(e: Exception) -> UserError:
+    return UserError(f"the tokenizer cannot encode the text ({' '.join(str(e).split())[:200]})")
+
+
 def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int) -> HFTokenizer:
     """Train a byte-level BPE or a Unigram model on ``texts`` (an iterator over a sample)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+    if not 1 <= vocab_size <= MAX_TRAINED_VOCAB:
+        raise UserError(f"data.vocab_size={vocab_size} is invalid: expected 1 to {MAX_TRAINED_VOCAB:,} entries")
     if kind == "bpe":  # byte-level: any text encodes, nothing is ever unknown
         tok = Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -103,7 +129,13 @@ def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int) -> HFToken
         tok.decoder = decoders.Metaspace()
         trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, unk_token="<unk>",
                                           show_progress=False)
-    tok.train_from_iterator(texts, trainer=trainer)
+    try:
+        tok.train_from_iterator(texts, trainer=trainer)
+    except UserError:  # from reading the data
+        raise
+    except Exception as e:  # e.g. Unigram: "The vocabulary is not large enough to contain all chars"
+        raise UserError(f"cannot train a {kind} tokenizer of data.vocab_size={vocab_size} entries on this data "
+                        f"({' '.join(str(e).split())[:200]})") from None
     return HFTokenizer(tok, kind)
 
 
@@ -112,14 +144,20 @@ def load_tokenizer_file(path: str | Path) -> HFTokenizer:
     from tokenizers import Tokenizer
 
     path = Path(path).expanduser()
-    file = path / "tokenizer.json" if path.is_dir() else path
-    if not file.exists():
+    try:
+        file = path / "tokenizer.json" if path.is_dir() else path
+        found = file.exists()
+    except OSError as e:  # a name too long for the file system
+        raise UserError(f"data.tokenizer={str(path)[:200]!r}: cannot read it ({e.strerror})") from None
+    if not found:
         raise UserError(f"data.tokenizer={str(path)!r}: no tokenizer.json there; expected byte, bpe, unigram, "
                         "a tokenizer.json file or a Hugging Face tokenizer directory")
     try:
         return HFTokenizer(Tokenizer.from_file(str(file)), "file")
-    except Exception as e:  # the tokenizers library raises its own exception types
-        raise UserError(f"{file}: not a valid tokenizer.json ({e})") from None
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as e:  # the tokenizers library raises its own types, a Rust panic a BaseException
+        raise UserError(f"{file}: not a valid tokenizer.json ({' '.join(str(e).split())[:200]})") from None
 
 
 def get_tokenizer(name: str, shard_dir: str | Path | None = None):

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from bigbatch.errors import UserError
 from bigbatch.nn.transformer import DecodeCache
 
 
@@ -31,6 +32,9 @@ def sample_next(logits: Tensor, temperature: float = 1.0, top_k: int | None = No
         drop = probs.cumsum(dim=-1) - probs >= top_p
         logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
     probs = logits.softmax(dim=-1)
+    if not bool(torch.isfinite(probs).all()):  # else torch.multinomial fails with a traceback
+        raise UserError("cannot sample: the model's outputs are not finite (NaN or inf weights, e.g. after a "
+                        "diverged run)")
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 

@@ -29,6 +29,7 @@ damage, not tampering (it sits beside the files it covers).
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import os
@@ -44,7 +45,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint._nested_dict import set_element
-from torch.distributed.checkpoint.metadata import StorageMeta
+from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
                                                      set_state_dict)
 from safetensors.torch import load_model as st_load_model
@@ -114,6 +115,59 @@ _STEP_DIR = re.compile(r"^(?:\.replaced-)?step_(\d+)$")
 def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, trainer_state: dict, config: Config,
                     keep_last: int = 2, dist: Dist = ONE_PROCESS, best: bool = False,
                     assets: dict[str, bytes] | None = None) -> Path:
+    """``_save_checkpoint``; a full disk (ENOSPC / EDQUOT, also inside DCP's or safetensors' errors) removes the
+    partial temporary directory and raises a UserError naming the directory and the space a checkpoint needs
+    (the previous one's size); the previous checkpoint stays as it was."""
+    try:
+        return _save_checkpoint(ckpt_root, step, model, optimizer, trainer_state, config, keep_last, dist, best, assets)
+    except (Exception, CheckpointException) as e:  # CheckpointException is a BaseException
+        cause = _no_space(e, _free_bytes(ckpt_root) < 1 << 20)
+        if cause is None:
+            raise
+    final, tmp = Path(ckpt_root) / f"step_{step:08d}", Path(ckpt_root) / f".tmp-step_{step:08d}"
+    written = _dir_bytes(tmp)
+    if dist.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+    previous = _named(Path(ckpt_root), "latest")
+    need = f"about {_dir_bytes(previous) / 1e6:.1f} MB (the size of {previous.name})" if previous is not None \
+        else f"more than the {written / 1e6:.1f} MB written before the disk filled"
+    free = _free_bytes(ckpt_root) / 1e6
+    kept = f"the previous checkpoint {previous.name} is intact; " if previous is not None else ""
+    why = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+    raise UserError(f"{final}: no space left on device while writing the checkpoint ({why}); it needs {need} "
+                    f"besides the kept ones, {free:.1f} MB are free; {kept}free space (or lower train.keep_last) "
+                    "and run the same command again to resume") from None
+
+
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _no_space(e: BaseException, disk_full: bool = False) -> BaseException | None:
+    """The full-disk (or quota) error in ``e``, or None: an OSError, one rank's inside DCP's CheckpointException,
+    safetensors' (Rust) error, which carries only the message "... (os error 28)", or, with ``disk_full``, any
+    error (torch.save's zip writer, used by DCP, reports a failed write as "unexpected pos", not as ENOSPC)."""
+    if isinstance(e, CheckpointException):
+        return next((c for f in e.failures.values() if (c := _no_space(f[0] if isinstance(f, tuple) else f,
+                                                                        disk_full))), None)
+    if isinstance(e, OSError) and e.errno in _NO_SPACE or any(f"(os error {n})" in str(e) for n in _NO_SPACE):
+        return e
+    return e if disk_full else None
+
+
+def _free_bytes(path: Path) -> float:
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return float("inf")
+
+
+def _dir_bytes(path: Path | None) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path is not None and path.is_dir() else 0
+
+
+def _save_checkpoint(ckpt_root: Path, step: int, model, optimizer, trainer_state: dict, config: Config,
+                     keep_last: int = 2, dist: Dist = ONE_PROCESS, best: bool = False,
+                     assets: dict[str, bytes] | None = None) -> Path:
     """Write checkpoints/step_NNNNNNNN (the step, 8 digits) atomically, point ``latest`` (and with ``best``,
     ``best``) at it, keep the newest ``keep_last`` and the best. Called by every rank; ``trainer_state`` is
     rank 0's and must be JSON-serialisable; ``assets`` (file name -> bytes: tokenizer.json, labels.json)
@@ -144,6 +198,8 @@ def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, trainer_state:
             sums[str(path.relative_to(tmp))] = sha256_file(path)
         (tmp / "checksums.json").write_text(json.dumps(sums, indent=1))
         _fsync(tmp / "checksums.json")
+        for d in [p for p in tmp.rglob("*") if p.is_dir()] + [tmp]:  # the entries, before the rename publishes them
+            _fsync(d)
         replaced = ckpt_root / f".replaced-{final.name}"
         if final.exists():  # a re-save of the same step (e.g. after a resume): set the old one aside first
             shutil.rmtree(replaced, ignore_errors=True)
@@ -154,15 +210,41 @@ def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, trainer_state:
         if best:
             write_text_atomic(ckpt_root / "best", final.name + "\n")
         shutil.rmtree(replaced, ignore_errors=True)
-        kept = _named(ckpt_root, "best")
-        steps = sorted(p for p in ckpt_root.glob("step_*") if p.is_dir())
-        for old in steps[:-keep_last]:
+        kept = _named(ckpt_root, "best")  # the new one plus the newest keep_last - 1 before it; later steps (a
+        # resume from an older checkpoint) are left to be replaced as the run reaches them, never pruned
+        older = sorted(p for p in ckpt_root.glob("step_*") if p.is_dir() and p.name < final.name)
+        for old in older[: max(len(older) - max(keep_last - 1, 0), 0)]:
             if old != kept:
                 shutil.rmtree(old, ignore_errors=True)
         for stale in [*ckpt_root.glob(".tmp-step_*"), *ckpt_root.glob(".replaced-step_*")]:
             shutil.rmtree(stale, ignore_errors=True)  # left by a process killed mid-save
     dist.barrier()
     return final
+
+
+@contextlib.contextmanager
+def run_dir_lock(run_dir: Path, enabled: bool = True):
+    """Hold ``run_dir/.lock`` (an exclusive flock) while a run writes there: a second process on the same run
+    directory (a requeued job while the old one lingers) is refused instead of deleting the other's
+    half-written checkpoint. The lock goes with the process, however it ends."""
+    if not enabled:
+        yield
+        return
+    import fcntl
+
+    fd = os.open(Path(run_dir) / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            raise UserError(f"{run_dir} is in use by another bigbatch process (pid {holder}); wait for it to end "
+                            "or use another --run-dir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _named(ckpt_root: Path, pointer: str) -> Path | None:
@@ -210,6 +292,9 @@ def find_resumable(run_dir: Path) -> Path | None:
             verify(ckpt)
         except UserError as e:
             problems.append(str(e))
+            if ckpt.name.startswith("step_"):  # kept for inspection, out of the way of pruning and resumes
+                os.replace(ckpt, ckpt.with_name(f".corrupt-{ckpt.name}"))
+                problems[-1] += f" (set aside as .corrupt-{ckpt.name})"
             continue
         if problems or ckpt != named:
             why = "; ".join(problems) or f"{root / 'latest'} is missing or names no checkpoint"
@@ -240,7 +325,11 @@ def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:
         print(f"note: {path} has no checkpoints/best (no evaluation yet); using checkpoints/latest", file=sys.stderr)
     ckpt = ckpt or _named(root, "latest")
     if ckpt is None:
-        raise UserError(f"{path}: not a checkpoint and holds no checkpoints/latest (has the run saved one yet?)")
+        found = [c for c in _candidates(root) if (c / "checksums.json").exists()]
+        if not found:
+            raise UserError(f"{path}: not a checkpoint and holds no complete checkpoint (has the run saved one yet?)")
+        ckpt = found[0]
+        print(f"note: {root / which} names no checkpoint; using {ckpt.name}, the newest there", file=sys.stderr)
     return ckpt
 
 
@@ -278,9 +367,10 @@ class _MetadataUnpickler(pickle.Unpickler):
         "collections": {"OrderedDict"},
     }
 
+    DTYPES = frozenset(k for k, v in vars(torch).items() if isinstance(v, torch.dtype))
+
     def find_class(self, module: str, name: str):
-        if name in self.ALLOWED.get(module, ()) or (module == "torch" and isinstance(getattr(torch, name, None),
-                                                                                     torch.dtype)):
+        if name in self.ALLOWED.get(module, ()) or (module == "torch" and name in self.DTYPES):
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"{module}.{name} is not a checkpoint metadata type")
 
@@ -291,8 +381,14 @@ class _SafeReader(FileSystemReader):
         try:
             with open(path, "rb") as f:
                 metadata = _MetadataUnpickler(f).load()
-        except (pickle.UnpicklingError, EOFError, AttributeError, ValueError, TypeError) as e:
-            raise UserError(f"{path}: refused ({e}); checkpoint state must hold data only") from None
+        except Exception as e:  # noqa: BLE001 - whatever a damaged or hostile file raises: one line
+            raise UserError(f"{path}: refused ({type(e).__name__}: {e}); checkpoint state must hold data only") from None
+        if not isinstance(metadata, Metadata):
+            raise UserError(f"{path}: refused (a {type(metadata).__name__}, not checkpoint metadata)")
+        for info in (metadata.storage_data or {}).values():  # every file it names lies in this state/ directory
+            rel = str(getattr(info, "relative_path", ""))
+            if not rel or "/" in rel or "\\" in rel or rel in (".", ".."):
+                raise UserError(f"{path}: refused (names the file {rel!r} outside its directory)")
         if getattr(metadata, "storage_meta", None) is None:
             metadata.storage_meta = StorageMeta()
         metadata.storage_meta.load_id = self.load_id
@@ -357,14 +453,16 @@ def checkpoint_assets(ckpt: Path, config: Config):
     from bigbatch.data.tokenizer import ByteTokenizer, load_tokenizer_file
 
     ckpt = Path(ckpt)
-    places = [ckpt] + ([ckpt.parent.parent] if ckpt.parent.name == "checkpoints" else [])
+    places = [ckpt]
+    if not (ckpt / TRAINER_FILE).exists() and ckpt.parent.name == "checkpoints":  # written before checkpoints
+        places.append(ckpt.parent.parent)  # carried these: its run directory's copies
     kind = str(config.data.tokenizer)
     tok_file = next((d / "tokenizer.json" for d in places if (d / "tokenizer.json").exists()), None)
-    if tok_file is not None:
+    if kind == "byte":
+        tokenizer = ByteTokenizer()
+    elif tok_file is not None:
         tokenizer = load_tokenizer_file(tok_file)
         tokenizer.kind = kind if kind in ("bpe", "unigram") else tokenizer.kind
-    elif kind == "byte":
-        tokenizer = ByteTokenizer()
     else:
         raise UserError(f"{ckpt}: no tokenizer.json, and the model was trained with data.tokenizer={kind}; copy the "
                         "run's tokenizer.json into the checkpoint directory")
@@ -377,7 +475,12 @@ def checkpoint_assets(ckpt: Path, config: Config):
         if labels_file is None:
             raise UserError(f"{ckpt}: no labels.json (the class names); copy the run's labels.json into the "
                             "checkpoint directory")
-        labels = json.loads(labels_file.read_text())
+        try:
+            labels = json.loads(labels_file.read_text())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise UserError(f"{labels_file}: not JSON ({e})") from None
+        if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+            raise UserError(f"{labels_file}: expected a JSON list of class names")
         if len(labels) != config.model.num_classes:
             raise UserError(f"{labels_file}: {len(labels)} labels, the model has {config.model.num_classes} classes")
     return tokenizer, labels

@@ -32,8 +32,8 @@ from bigbatch.errors import TrainingError, UserError
 from bigbatch.evaluate.evaluate import evaluate, translation_scores
 from bigbatch.nn.models import build_model, count_parameters, flops_per_token
 from bigbatch.objectives import OBJECTIVES
-from bigbatch.train.checkpoint import (find_resumable, load_model, load_training_state, mark_best, save_checkpoint,
-                                       unwrap, write_text_atomic)
+from bigbatch.train.checkpoint import (find_resumable, load_model, load_training_state, mark_best, run_dir_lock,
+                                       save_checkpoint, unwrap, write_text_atomic)
 from bigbatch.train.memory import auto_micro_batch, probe, rows_per_micro_batch
 from bigbatch.train.metrics import MetricsLogger, peak_flops
 from bigbatch.train.noise import NoiseScale
@@ -150,6 +150,12 @@ def _train(cfg: Config, run_dir, progress: bool, dist: Dist, device: torch.devic
     run_dir = Path(run_dir or dist.broadcast(str(Path("runs") / time.strftime("%Y%m%d-%H%M%S"))))
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+    with run_dir_lock(run_dir, enabled=dist.is_main):  # one process (group) writes a run directory at a time
+        return _train_locked(cfg, run_dir, progress, dist, device, strategy, wall_start)
+
+
+def _train_locked(cfg: Config, run_dir: Path, progress: bool, dist: Dist, device: torch.device, strategy: str,
+                  wall_start: float) -> dict:
     ckpt = _resumable(run_dir, dist)
     setup = setup_run(cfg, device, dist, progress, saved=ckpt)
     cfg, data, plan = setup.cfg, setup.data, setup.plan
@@ -200,6 +206,9 @@ def _train(cfg: Config, run_dir, progress: bool, dist: Dist, device: torch.devic
         scheduler.load_state_dict(saved["scheduler"])
         if saved.get("scaler"):
             precision.scaler.load_state_dict(saved["scaler"])
+        elif precision.scaler.is_enabled() and dist.is_main:
+            print(f"note: {ckpt.name} holds no fp16 gradient-scaler state (an earlier version, or not an fp16 run); "
+                  "the loss scale starts afresh", file=sys.stderr)
         data.train.load_state_dict(saved["data"])
         _restore_rng(saved["rng"], dist, cfg.train.seed)
         state = {"step": saved["step"], "tokens": saved["tokens"]}
@@ -213,7 +222,7 @@ def _train(cfg: Config, run_dir, progress: bool, dist: Dist, device: torch.devic
         write_text_atomic(run_dir / "config.yaml", cfg.to_yaml())
         data.save_to_run(run_dir)
     ctx = _Context(cfg, plan, model, optimizer, scheduler, data, valid, device, run_dir,
-                   MetricsLogger(run_dir, resume_step=state["step"] if ckpt else None, enabled=dist.is_main),
+                   MetricsLogger(run_dir, resume_step=state["step"], enabled=dist.is_main),  # fresh: rows of a dead try go
                    peak_flops(device, cfg.train.precision, cfg.train.peak_flops), fpt, dist=dist, strategy=strategy,
                    precision=precision, start_tokens=state["tokens"])
     ctx.best = BestTracker(metric_for(cfg, strategy))
@@ -433,13 +442,14 @@ def _run(ctx: _Context, state: dict, stop: _StopSignal, progress: bool) -> None:
                                                    result.applied)
         state["step"] += 1
         bad_steps = 0 if applied else bad_steps + 1
-        if not applied:  # where the step's data came from (this rank's share), so the bad example can be found
+        if not applied:  # where the step's data came from (rank 0's share), so the bad example can be found
             where = ctx.data.train.describe(ctx.data.train.drawn)
             ctx.logger.log({"step": state["step"], "skipped": True, "loss": float(loss_sum) / n,
                             "grad_norm": float(grad_norm), "data": where})
             if ctx.dist.is_main:
                 more = f" and {len(where) - 1} more (metrics.jsonl)" if len(where) > 1 else ""
-                print(f"step {state['step']}: loss or gradient not finite, update skipped; its batch read "
+                ranks = " (rank 0's share)" if ctx.dist.enabled else ""
+                print(f"step {state['step']}: loss or gradient not finite, update skipped; its batch{ranks} read "
                       f"{where[0] if where else '?'}{more}", file=sys.stderr)
             if bad_steps >= t.max_bad_steps:
                 raise TrainingError(f"loss or gradient not finite for {bad_steps} steps in a row (step {state['step']}); "

@@ -75,7 +75,7 @@ PANELS = {"loss": "loss (nats/token)", "lr": "learning rate", "throughput": "tok
 def _draw(ax, panel: str, run_dirs: list[Path]) -> None:
     for run_dir in run_dirs:
         rows = read_metrics(Path(run_dir) / "metrics.jsonl")
-        train = [r for r in rows if "split" not in r and r.get("loss") is not None]
+        train = [r for r in rows if "split" not in r and "skipped" not in r and r.get("loss") is not None]
         label = Path(run_dir).name
         steps = [r["step"] for r in train]
         if panel == "loss":
