@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -41,7 +42,9 @@ class MetricsLogger:
         if resume_step is not None and self.path.exists():
             # drop rows the interrupted run wrote after the checkpoint we resume from
             rows = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+            tmp = self.path.with_name(f".{self.path.name}.tmp")  # a kill now leaves the old log, never half of it
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+            os.replace(tmp, self.path)
         self._file = open(self.path, "a")
         from torch.utils.tensorboard import SummaryWriter
 
@@ -66,7 +69,16 @@ class MetricsLogger:
 
 
 def read_metrics(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """The rows of a metrics.jsonl; a last line cut short by a killed process is left out."""
+    lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
+    rows = []
+    for i, line in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            if i != len(lines) - 1:
+                raise
+    return rows
 
 
 PANELS = {"loss": "loss (nats/token)", "lr": "learning rate", "throughput": "tokens/s"}
