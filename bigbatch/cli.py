@@ -177,8 +177,13 @@ def cmd_prepare(args) -> int:
         sets += [f"data.source={args.source}", f"data.tokenizer={args.tokenizer}", f"task={args.task}"]
     if args.workers:
         sets.append(f"data.num_workers={args.workers}")
+    if args.verify and args.out and not args.config and not args.source:  # a shard directory, wherever it came from
+        from bigbatch.data.shards import verify_shards
+
+        print(f"OK: {verify_shards(Path(args.out))} shard files in {args.out} match manifest.json")
+        return 0
     if not args.config and not args.source:
-        raise UserError("give a CONFIG.yaml or --source SRC")
+        raise UserError("give a CONFIG.yaml or --source SRC (or, with --verify, --out SHARD_DIR)")
     cfg = load_config(args.config, sets)
     if args.verify:
         from bigbatch.data.prepare import verify_prepared

@@ -58,8 +58,11 @@ def test_corruption_with_the_size_intact_is_found_by_verify_only(prepared, capsy
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"{shard}: checksum mismatch" in err
+    assert main(["prepare", "--out", str(out), "--verify"]) == 2  # the shard directory alone, sources gone
+    assert f"{shard}: checksum mismatch" in capsys.readouterr().err
     shard.write_bytes(original)
     assert main(args) == 0 and capsys.readouterr().out.startswith("OK: ")
+    assert main(["prepare", "--out", str(out), "--verify"]) == 0 and capsys.readouterr().out.startswith("OK: ")
 
 
 def test_a_truncated_shard_or_index_stops_at_open_naming_the_file(prepared):
