@@ -400,3 +400,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bigbatch: interrupted", file=sys.stderr)
         return 130
+    except (MemoryError, RuntimeError) as e:  # torch.OutOfMemoryError is a RuntimeError
+        text = str(e)
+        if args.debug or not (isinstance(e, MemoryError) or "out of memory" in text or "can't allocate" in text):
+            raise
+        first = (text.strip().splitlines() or [type(e).__name__])[0][:300]
+        print(f"bigbatch: error{_rank()}: out of memory ({first}); lower model.d_model / n_layers / max_len / "
+              "vocab_size or the (micro-)batch (--debug shows where)", file=sys.stderr)
+        return 2

@@ -256,3 +256,11 @@ def test_a_smoke_run_shorter_than_the_default_warmup_trains(tmp_path):
                    "--set", "train.baseline=false", "--set", "train.sample_tokens=0")
     assert "optim.warmup: the first 8% of the run (1 of 5 steps)" in proc.stderr
     assert train_rows(tmp_path / "smoke")[-1]["step"] == 5
+
+
+def test_a_model_too_big_for_memory_is_one_line_before_any_allocation(tmp_path):
+    proc = run_cli("train", TINY, "--run-dir", tmp_path / "big", "--no-progress", "--set", "model.d_ff=100000000",
+                   check=False)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "the model has 6,500.0M parameters" in last and "GiB free on cpu" in last

@@ -31,6 +31,9 @@ TEXT_SUFFIXES = {".txt", ".text", ".md", ".py", ".rst"}
 TABLE_SUFFIXES = {".jsonl", ".json", ".csv", ".tsv", ".parquet"}
 TEXT_BLOCK_BYTES = 1 << 20
 """A whole-file text document larger than this is read, tokenised and split in blocks of about this size."""
+MAX_LINE_BYTES = 256 << 20
+"""Longest line of a line-based file (.jsonl, .csv, .tsv, text per line): a longer one is a bad row, read past in
+bounded pieces, so a small .gz of one endless line cannot take all memory (a .txt document is read in blocks)."""
 SPLIT_KEY = "_split_key"
 """Record key of a block of a large text file: (file name, block index); prepare pops it to choose the split."""
 
@@ -116,9 +119,16 @@ def open_binary(path: Path):
 
 
 def _lines(path: Path, bad: BadRows, skip: bool) -> Iterator[tuple[int, str]]:
-    """(line number, text) of a UTF-8 file; a line that is not UTF-8 is a bad row."""
+    """(line number, text) of a UTF-8 file; a line that is not UTF-8, or longer than MAX_LINE_BYTES, is a bad row."""
     with open_binary(path) as raw:
-        for number, line in enumerate(io.BufferedReader(raw) if not hasattr(raw, "peek") else raw, start=1):
+        stream = raw if hasattr(raw, "peek") else io.BufferedReader(raw)
+        for number, line in enumerate(iter(lambda: stream.readline(MAX_LINE_BYTES + 1), b""), start=1):
+            if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
+                while (rest := stream.readline(1 << 20)) and not rest.endswith(b"\n"):
+                    pass  # the rest of the line, 1 MiB at a time
+                bad.add(f"{path}:{number}", f"a line longer than {MAX_LINE_BYTES >> 20} MiB (a .txt file of one "
+                        "document per file is read in blocks instead)", skip)
+                continue
             try:
                 yield number, line.decode("utf-8").rstrip("\r\n")
             except UnicodeDecodeError as e:
@@ -259,7 +269,7 @@ def _encodable(record: dict) -> bool:
 def _read_csv(path: Path, fields: Fields, bad: BadRows, delimiter: str) -> Iterator[dict]:
     with open_binary(path) as raw:
         text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")  # -sig: a BOM (Excel) is not in a name
-        reader = csv.reader(text, delimiter=delimiter)
+        reader = csv.reader(_bounded_lines(text, path), delimiter=delimiter)
         header = None  # the first row
         while True:
             try:
@@ -285,29 +295,49 @@ def _read_csv(path: Path, fields: Fields, bad: BadRows, delimiter: str) -> Itera
                 yield record
 
 
-def _read_arrow_table(table, path: Path, fields: Fields, bad: BadRows) -> Iterator[dict]:
-    missing = [n for n in fields.wanted().values() if n not in table.column_names]
+def _bounded_lines(text, path: Path) -> Iterator[str]:
+    """The lines of a text stream for the csv reader, each read at most MAX_LINE_BYTES characters at a time."""
+    while line := text.readline(MAX_LINE_BYTES + 1):
+        if len(line) > MAX_LINE_BYTES and not line.endswith(("\n", "\r")):
+            raise UserError(f"{path}: a line longer than {MAX_LINE_BYTES >> 20} MiB")
+        yield line
+
+
+def _check_columns(names: list[str], path: Path, fields: Fields) -> list[str]:
+    missing = [n for n in fields.wanted().values() if n not in names]
     if missing:
-        raise UserError(f"{path}: no column {missing[0]!r} (columns: {', '.join(table.column_names)}); "
+        raise UserError(f"{path}: no column {missing[0]!r} (columns: {', '.join(names)}); "
                         f"set data.{[k for k, v in fields.wanted().items() if v == missing[0]][0]}_field")
-    columns = list(fields.wanted().values())
-    for batch in table.select(columns).to_batches(max_chunksize=4096):
-        for i, row in enumerate(batch.to_pylist()):
-            record = _pick(row, fields, f"{path}:row {i + 1}", bad)
+    return list(fields.wanted().values())
+
+
+def _read_batches(batches, path: Path, fields: Fields, bad: BadRows) -> Iterator[dict]:
+    number = 0  # rows counted across batches, for the error messages
+    for batch in batches:
+        for row in batch.to_pylist():
+            number += 1
+            record = _pick(row, fields, f"{path}:row {number}", bad)
             if record is not None:
                 yield record
 
 
+def _read_arrow_table(table, path: Path, fields: Fields, bad: BadRows) -> Iterator[dict]:
+    columns = _check_columns(table.column_names, path, fields)
+    yield from _read_batches(table.select(columns).to_batches(max_chunksize=4096), path, fields, bad)
+
+
 def _read_parquet(path: Path, fields: Fields, bad: BadRows) -> Iterator[dict]:
+    """Batches of rows as they are decoded, one row group at a time (not the whole table at once)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     with open_binary(path) as f:
         try:
-            table = pq.read_table(io.BytesIO(f.read()) if _format(path)[1] else path)
+            parquet = pq.ParquetFile(io.BytesIO(f.read()) if _format(path)[1] else path)
+            columns = _check_columns(parquet.schema_arrow.names, path, fields)
+            yield from _read_batches(parquet.iter_batches(batch_size=4096, columns=columns), path, fields, bad)
         except pa.ArrowException as e:
             raise UserError(f"{path}: not a readable Parquet file ({_one_line(e)})") from None
-    yield from _read_arrow_table(table, path, fields, bad)
 
 
 def _read_hf_dataset(path: Path, fields: Fields, bad: BadRows) -> Iterator[dict]:

@@ -34,7 +34,7 @@ from bigbatch.nn.models import build_model, count_parameters, flops_per_token
 from bigbatch.objectives import OBJECTIVES
 from bigbatch.train.checkpoint import (find_resumable, load_model, load_training_state, mark_best, run_dir_lock,
                                        save_checkpoint, unwrap, write_text_atomic)
-from bigbatch.train.memory import auto_micro_batch, probe, rows_per_micro_batch
+from bigbatch.train.memory import auto_micro_batch, check_model_fits, probe, rows_per_micro_batch
 from bigbatch.train.metrics import MetricsLogger, peak_flops
 from bigbatch.train.noise import NoiseScale
 from bigbatch.train.optim import build_optimizer, build_scheduler, scale_for_batch
@@ -168,6 +168,7 @@ def _train_locked(cfg: Config, run_dir: Path, progress: bool, dist: Dist, device
             print(scaling, file=sys.stderr)
     valid = data.loader("valid")
 
+    check_model_fits(cfg, device, dist.world_size)
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
     model = build_model(cfg.task, cfg.model).to(device)
     if ckpt is not None:

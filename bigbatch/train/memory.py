@@ -15,6 +15,36 @@ from bigbatch.errors import UserError
 from bigbatch.objectives import OBJECTIVES
 
 
+def check_model_fits(cfg: Config, device, world_size: int = 1) -> None:
+    """Refuse, before allocating anything, a model whose weights, gradients and AdamW state (16 bytes a
+    parameter; FSDP divides them over the ranks) exceed the memory this device has free: counted on
+    torch's meta device, so a typo like d_ff=100000000 is one line, not a machine brought down."""
+    from bigbatch.nn.models import build_model, count_parameters
+
+    with torch.device("meta"):
+        n = count_parameters(build_model(cfg.task, cfg.model))
+    need = 16 * n / (world_size if cfg.train.parallel == "fsdp" else 1)
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+    else:
+        free = _available_ram()
+    if free and need > free:
+        raise UserError(f"the model has {n / 1e6:,.1f}M parameters: its weights, gradients and optimizer state "
+                        f"need about {need / 2**30:,.1f} GiB, more than the {free / 2**30:,.1f} GiB free on {device}; "
+                        "lower model.d_model, n_layers, d_ff or vocab_size")
+
+
+def _available_ram() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def worst_case_batch(cfg: Config, rows: int, device) -> dict:
     """A synthetic batch of ``rows`` examples at the longest length of the task."""
     g = torch.Generator().manual_seed(0)
