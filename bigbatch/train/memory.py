@@ -21,8 +21,12 @@ def check_model_fits(cfg: Config, device, world_size: int = 1) -> None:
     torch's meta device, so a typo like d_ff=100000000 is one line, not a machine brought down."""
     from bigbatch.nn.models import build_model, count_parameters
 
-    with torch.device("meta"):
-        n = count_parameters(build_model(cfg.task, cfg.model))
+    try:
+        with torch.device("meta"):
+            n = count_parameters(build_model(cfg.task, cfg.model))
+    except (RuntimeError, OverflowError) as e:  # sizes past what a tensor can hold
+        raise UserError(f"the model cannot be built at this size ({str(e).splitlines()[0][:200]}); lower "
+                        "model.d_model, n_layers, d_ff or vocab_size") from None
     need = 16 * n / (world_size if cfg.train.parallel == "fsdp" else 1)
     if device.type == "cuda":
         free = torch.cuda.mem_get_info(device)[0]
