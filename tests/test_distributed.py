@@ -56,7 +56,8 @@ def one_process(tmp_path_factory):
     return run_dir, overrides
 
 
-@pytest.mark.parametrize("parallel", ["ddp", "fsdp", pytest.param("fsdp-keep-gathered", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("parallel", ["ddp", pytest.param("fsdp", marks=pytest.mark.slow),
+                                      pytest.param("fsdp-keep-gathered", marks=pytest.mark.slow)])
 def test_two_ranks_equal_one_process(one_process, parallel, tmp_path):
     """2 ranks x 2 micro-batches of 2 rows == 1 process x 4 micro-batches: same weights after each step."""
     ref_dir, overrides = one_process
