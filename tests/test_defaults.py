@@ -21,6 +21,9 @@ def test_vocabulary_grows_with_the_corpus():
     assert vocab_for(10_000_000) == 8000
     assert vocab_for(100_000_000) == 16000
     assert vocab_for(10) == 2048 and vocab_for(10**12) == 32000
+    # translation: half, 2k at 2 MB (the output layer is the largest matrix of a small translator)
+    assert vocab_for(2_000_000, "translate") == 2048 and vocab_for(20_000_000, "translate") == 4032
+    assert vocab_for(200_000_000, "translate") == 8000 and vocab_for(10, "translate") == 2048
 
 
 def test_tokenizer_by_task_and_source(tmp_path):
@@ -48,9 +51,20 @@ def test_classification_defaults_from_the_data():
     assert t.global_batch_tokens % t.micro_batch_tokens == 0 and t.micro_batch_tokens >= cfg.model.max_len + 1
     assert t.global_batch_tokens == 4096  # ~1000 steps per epoch of 4M tokens
     assert t.epochs is not None and t.max_steps == pytest.approx(t.epochs * 4e6 * 1.15 / 4096, rel=0.01)
-    assert t.label_smoothing == 0.1 and cfg.model.dropout == 0.1
+    assert t.label_smoothing == 0.1 and cfg.model.dropout == 0.0  # 8 passes: too few for dropout to pay
     assert cfg.optim.schedule == "wsd" and cfg.optim.lr is not None and cfg.model.d_model % cfg.model.n_heads == 0
     assert any(n.startswith("model.d_model=") for n in notes) and any("label_smoothing" in n for n in notes)
+
+
+def test_dropout_follows_the_passes_over_the_data():
+    many, notes = _resolved("train.epochs=40")
+    assert many.model.dropout == 0.1 and any("40 passes" in n for n in notes)
+    few, _ = _resolved("train.epochs=5")
+    assert few.model.dropout == 0.0
+    # a time budget: passes from this device's estimated tokens/s (5e10 FLOP/s) x the seconds
+    short, _ = _resolved("train.max_time_s=60")
+    long, _ = _resolved("train.max_time_s=60000", "model.d_model=128", "model.n_layers=2")
+    assert short.model.dropout == 0.0 and long.model.dropout == 0.1
 
 
 def test_explicit_keys_are_kept():

@@ -165,3 +165,25 @@ def test_encoder_decoder_learns_to_reverse():
         out = translate(model, test["src_ids"], BOS, EOS, max_new_tokens=12, beam=beam)
         exact = sum(o == w for o, w in zip(out, want)) / len(want)
         assert exact > 0.95, (beam, exact)
+
+
+def test_fast_cpu_dropout_keeps_the_expectation_and_routes_the_gradient():
+    from bigbatch.nn.layers import Dropout, dropout
+
+    torch.manual_seed(0)
+    x = torch.ones(1000, 1001, requires_grad=True)  # an odd size: the 16-bit words do not divide it
+    y = dropout(x, 0.1)
+    dropped = (y == 0).float().mean().item()
+    assert abs(dropped - 0.1) < 0.002
+    assert abs(y.mean().item() - 1.0) < 0.003
+    kept = y[y != 0]
+    assert torch.allclose(kept, torch.full_like(kept, 65536 / (65536 - 6554)))
+    y.sum().backward()
+    assert torch.equal(x.grad, (y != 0).float() * (65536 / (65536 - 6554)))
+    module = Dropout(0.3).eval()
+    assert module(x) is x  # evaluation: identity
+    assert torch.equal(dropout(x, 0.0), x) and torch.equal(dropout(x, 1.0), torch.zeros_like(x))
+    torch.manual_seed(1)
+    a = dropout(torch.ones(64, 3), 0.5)
+    torch.manual_seed(1)
+    assert torch.equal(a, dropout(torch.ones(64, 3), 0.5))  # follows torch's seed: resume stays exact

@@ -17,6 +17,42 @@ ACTIVATIONS = {
     "relu": F.relu,
 }
 NORMS = {"layernorm": nn.LayerNorm, "rmsnorm": nn.RMSNorm}
+_INT16_STATES = 1 << 16
+
+
+def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
+    """Inverted dropout: zero each element with probability ``p``, scale the rest by 1 / (1 - p).
+
+    On CUDA this is ``F.dropout``. On CPU torch's Bernoulli sampler draws one random number per element
+    and took 27% of a 128-wide translator's training step (as long as all its matrix multiplies); here
+    one 64-bit draw gives four 16-bit uniforms, ~4x faster, with p rounded to a multiple of 1/65536
+    (0.1 -> 0.100006) and the scale computed from that rounded p, so the expectation is kept exactly.
+    """
+    if not training or p == 0.0:
+        return x
+    if x.is_cuda or not 0.0 < p < 1.0:
+        return F.dropout(x, p, training)
+    cut = round(p * _INT16_STATES)  # drop the `cut` smallest of the 65536 int16 values
+    words = -(-x.numel() // 4)
+    bits = torch.randint(-(1 << 63), (1 << 63) - 1, (words,), dtype=torch.int64, device=x.device)
+    keep = bits.view(torch.int16)[: x.numel()].view(x.shape) >= cut - (1 << 15)
+    return x.masked_fill(~keep, 0.0) * (_INT16_STATES / (_INT16_STATES - cut))
+
+
+class Dropout(nn.Module):
+    """``nn.Dropout`` with the fast CPU sampler of :func:`dropout`."""
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"dropout probability must be in [0, 1], got {p}")
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        return dropout(x, self.p, self.training)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
 
 
 class FeedForward(nn.Module):
@@ -27,7 +63,7 @@ class FeedForward(nn.Module):
         self.fc1 = nn.Linear(d_model, d_ff, bias=bias)
         self.fc2 = nn.Linear(d_ff, d_model, bias=bias)
         self.act = ACTIVATIONS[activation]
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc2(self.dropout(self.act(self.fc1(x))))
@@ -61,7 +97,7 @@ class Block(nn.Module):
             self.norm_cross = norm_layer(d_model)
         self.mlp = FeedForward(d_model, d_ff, activation, dropout, bias)
         self.norm_mlp = norm_layer(d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def _residual(self, x: Tensor, norm: nn.Module, f) -> Tensor:
         if self.norm_first:
@@ -136,7 +172,7 @@ class Embedding(nn.Module):
             self.pos = nn.Embedding(max_len, d_model)
         elif pos == "sinusoidal":
             self.register_buffer("pos_table", sinusoids(max_len, d_model), persistent=False)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, ids: Tensor, offset: int = 0) -> Tensor:
         """ids (B, L) at positions offset.. -> (B, L, D)."""
