@@ -90,3 +90,14 @@ def test_baseline_is_reported_beside_the_model(run):
     base = ev["baseline"]
     assert base["method"] == "tfidf_logreg" and base["split"] == "test" and 0 < base["accuracy"] <= 1
     assert base["eval_examples"] == ev["examples"]  # the same test examples
+
+
+def test_a_finished_run_trains_nothing_again_and_keeps_its_summary(tmp_path):
+    first = _train(tmp_path, "done", "train.max_steps=8", "train.eval_every=4", "train.eval_examples=20")
+    run_dir = tmp_path / "done"
+    rows, summary = (run_dir / "metrics.jsonl").read_text(), (run_dir / "summary.json").read_text()
+    again = run_cli("train", "--run-dir", run_dir, "--no-progress", "--json")
+    assert "had already finished at step 8: nothing to train" in again.stderr
+    assert json.loads(again.stdout)["step"] == first["step"] == 8
+    assert (run_dir / "metrics.jsonl").read_text() == rows  # no second full evaluation row
+    assert (run_dir / "summary.json").read_text() == summary and "NaN" not in summary

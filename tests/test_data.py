@@ -402,3 +402,20 @@ def test_debian_descriptions_join_by_md5(tmp_path, monkeypatch):
                        ("bar", {"text": "a game", "label": "games"})]
     with pytest.raises(UserError, match="set task=classify"):
         list(debian.debian_descriptions("lm"))
+
+
+def test_tsv_has_no_quoting_and_a_bom_is_not_text(tmp_path):
+    from bigbatch.data.sources import BadRows, read_file
+
+    tsv = tmp_path / "a.tsv"  # an unclosed quote must not swallow the rows after it
+    tsv.write_bytes(b'\xef\xbb\xbftext\tlabel\nhello world\ta\n"unclosed quote\tb\nthird row\tc\n')
+    rows = list(read_file(tsv, Fields(task="classify"), BadRows()))
+    assert [r["label"] for r in rows] == ["a", "b", "c"] and rows[1]["text"] == '"unclosed quote'
+    jsonl = tmp_path / "a.jsonl"
+    jsonl.write_bytes(b'\xef\xbb\xbf{"t": "x y", "l": "p"}\n{"t": "z", "l": "q"}\n')
+    rows = list(read_file(jsonl, Fields(task="classify", text="t", label="l"), BadRows()))
+    assert rows == [{"text": "x y", "label": "p"}, {"text": "z", "label": "q"}]
+    csv_file = tmp_path / "a.csv"  # CSV keeps its quoting: a quoted comma and newline stay in the field
+    csv_file.write_text('text,label\n"one, two\nthree",a\nfour,b\n')
+    rows = list(read_file(csv_file, Fields(task="classify"), BadRows()))
+    assert rows[0] == {"text": "one, two\nthree", "label": "a"} and len(rows) == 2

@@ -158,3 +158,15 @@ def test_resume_with_a_new_lr_or_epochs_takes_them():
     assert again.train.epochs == 1 and again.train.max_steps is None  # re-derived from the new epochs
     cfg, _ = resolve_from_data(again, STATS)
     assert cfg.train.max_steps == pytest.approx(4e6 * 1.15 / cfg.train.global_batch_tokens, rel=0.01)
+
+
+def test_a_run_stopped_before_its_first_checkpoint_keeps_its_config(tmp_path):
+    """config.yaml is written before the data is prepared: a run that dies there restarts as itself."""
+    bad = tmp_path / "d.jsonl"
+    bad.write_text('{"body": "no label here"}\n')
+    run_dir = tmp_path / "r"
+    first = run_cli("train", "--run-dir", run_dir, "--set", "task=classify", "--set", f"data.source={bad}", check=False)
+    again = run_cli("train", "--run-dir", run_dir, check=False)  # the same config, not the embedded default LM
+    assert first.returncode == again.returncode == 2
+    assert "missing field 'text'" in again.stderr and "python-stdlib" not in again.stderr
+    assert load_config(run_dir / "config.yaml").task == "classify"

@@ -129,8 +129,8 @@ def _lines(path: Path, bad: BadRows, skip: bool) -> Iterator[tuple[int, str]]:
                 bad.add(f"{path}:{number}", f"a line longer than {MAX_LINE_BYTES >> 20} MiB (a .txt file of one "
                         "document per file is read in blocks instead)", skip)
                 continue
-            try:
-                yield number, line.decode("utf-8").rstrip("\r\n")
+            try:  # a UTF-8 byte-order mark (Windows editors, Excel) is not part of the first line's text
+                yield number, line.decode("utf-8-sig" if number == 1 else "utf-8").rstrip("\r\n")
             except UnicodeDecodeError as e:
                 bad.add(f"{path}:{number}", f"not UTF-8 (byte {e.start})", skip)
 
@@ -269,7 +269,10 @@ def _encodable(record: dict) -> bool:
 def _read_csv(path: Path, fields: Fields, bad: BadRows, delimiter: str) -> Iterator[dict]:
     with open_binary(path) as raw:
         text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")  # -sig: a BOM (Excel) is not in a name
-        reader = csv.reader(_bounded_lines(text, path), delimiter=delimiter)
+        # TSV has no quoting (IANA text/tab-separated-values; GLUE's readers agree): a stray " at the start of
+        # a field is text, not the start of a quoted field that would swallow the rows after it
+        quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+        reader = csv.reader(_bounded_lines(text, path), delimiter=delimiter, quoting=quoting)
         header = None  # the first row
         while True:
             try:

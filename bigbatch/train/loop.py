@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import functools
+import json
 import math
 import random
 import signal
@@ -157,6 +158,10 @@ def _train(cfg: Config, run_dir, progress: bool, dist: Dist, device: torch.devic
 def _train_locked(cfg: Config, run_dir: Path, progress: bool, dist: Dist, device: torch.device, strategy: str,
                   wall_start: float) -> dict:
     ckpt = _resumable(run_dir, dist)
+    if ckpt is None and dist.is_main and not (run_dir / "config.yaml").exists():
+        # the config as given, before data preparation (minutes on a large source): a run stopped there is
+        # restarted by `bigbatch train --run-dir DIR` with its own config, not the embedded default
+        write_text_atomic(run_dir / "config.yaml", cfg.to_yaml())
     setup = setup_run(cfg, device, dist, progress, saved=ckpt)
     cfg, data, plan = setup.cfg, setup.data, setup.plan
     optim, scaling = scale_for_batch(cfg.optim, global_batch_for_scaling(cfg, plan))
@@ -235,14 +240,33 @@ def _train_locked(cfg: Config, run_dir: Path, progress: bool, dist: Dist, device
         if clocks[2] and clocks[2]["metric"] == ctx.best.metric:
             ctx.best.load_state_dict(clocks[2])
         ctx.early_stopped, ctx.saved_step = clocks[3], state["step"]
+    resumed_step = state["step"] if ckpt is not None else None
     try:
         with _StopSignal() as stop:
             _run(ctx, state, stop, progress)
         if ctx.stopped:
             return {"run_dir": str(run_dir), "stopped_by_signal": stop.signum or signal.SIGTERM, **state}
-        return _finish(ctx, state, time.time() - wall_start)
+        finished = _finished_before(run_dir, state, resumed_step, dist)
+        return finished if finished is not None else _finish(ctx, state, time.time() - wall_start)
     finally:
         ctx.logger.close()
+
+
+def _finished_before(run_dir: Path, state: dict, resumed_step: int | None, dist: Dist) -> dict | None:
+    """A run resumed after it had ended (no step left to train, its summary written): its summary as it
+    was, without evaluating again or appending rows; None when there is anything to finish."""
+    summary = run_dir / "summary.json"
+    if resumed_step is None or state["step"] != resumed_step or not summary.exists():
+        return None
+    dist.barrier()
+    try:
+        result = json.loads(summary.read_text())
+    except (OSError, ValueError):
+        return None  # unreadable: finish again, which writes it anew
+    if dist.is_main:
+        print(f"{run_dir} had already finished at step {state['step']}: nothing to train (its results are in "
+              f"{summary}; raise train.max_time_s / max_steps / epochs to train further)", file=sys.stderr)
+    return result
 
 
 def _restore_rng(saved, dist: Dist, seed: int) -> None:
@@ -556,7 +580,7 @@ def _finish(ctx: _Context, state: dict, wall_s: float) -> dict:
     if not ctx.dist.is_main:
         return {"run_dir": str(ctx.run_dir), "step": state["step"], "tokens": state["tokens"]}
     seconds = ctx.train_seconds - ctx.start_seconds
-    tps = (state["tokens"] - ctx.start_tokens) / seconds if seconds else math.nan
+    tps = (state["tokens"] - ctx.start_tokens) / seconds if seconds else None  # no step in this process
     plain = unwrap(ctx.model) if ctx.strategy != "fsdp" else load_model(ctx.run_dir, ctx.device, "latest")[0]
     best = {"best_metric": ctx.best.metric, "best_value": ctx.best.value, "best_step": ctx.best.step,
             "early_stopped": ctx.early_stopped}

@@ -12,6 +12,7 @@ import torch
 from bigbatch.config import Config
 from bigbatch.evaluate.evaluate import unigram_bits_per_byte
 from bigbatch.nn.generate import generate
+from bigbatch.train.checkpoint import write_text_atomic
 from bigbatch.train.metrics import MetricsLogger, write_run_plots
 
 
@@ -33,8 +34,9 @@ def report(cfg: Config, model: torch.nn.Module, data, valid, run_dir: Path, devi
     if cfg.train.baseline:
         summary["baseline"] = _baseline(cfg, data.shard_dir)
         line += "; " + describe_baseline(summary["baseline"])
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    print(f"{line}; {summary['tokens_per_s']:,.0f} tokens/s, wall {summary['wall_seconds']:.0f} s; run dir {run_dir}",
+    write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
+    speed = f"{summary['tokens_per_s']:,.0f} tokens/s" if summary.get("tokens_per_s") else "no step trained"
+    print(f"{line}; {speed}, wall {summary['wall_seconds']:.0f} s; run dir {run_dir}",
           file=sys.stderr)
     if extra.get("best_step") is not None:
         print(f"best: {extra['best_metric']} {extra['best_value']:.4f} at step {extra['best_step']} "
