@@ -101,3 +101,16 @@ def test_a_finished_run_trains_nothing_again_and_keeps_its_summary(tmp_path):
     assert json.loads(again.stdout)["step"] == first["step"] == 8
     assert (run_dir / "metrics.jsonl").read_text() == rows  # no second full evaluation row
     assert (run_dir / "summary.json").read_text() == summary and "NaN" not in summary
+    more = run_cli("train", "--run-dir", run_dir, "--no-progress", "--json", "--set", "train.max_steps=10")
+    assert json.loads(more.stdout)["step"] == 10 and "nothing to train" not in more.stderr  # a larger budget trains
+    assert json.loads((run_dir / "summary.json").read_text())["step"] == 10
+
+
+def test_dropout_of_a_time_budget_with_the_model_given_is_estimated(tmp_path):
+    """The device is measured for the dropout rule too, not only to size the model."""
+    data = write_jsonl(tmp_path / "d.jsonl", classify_rows(300, seed=4))
+    proc = run_cli("train", "--run-dir", tmp_path / "r", "--no-progress", "--set", "task=classify", "--set",
+                   f"data.source={data}", "--set", "model.d_model=32", "--set", "model.n_layers=1", "--set",
+                   "train.max_time_s=2", "--set", "train.baseline=false")
+    note = next(n for n in proc.stderr.split("; ") if n.startswith("model.dropout="))
+    assert "passes over the training data" in note

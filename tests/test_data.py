@@ -194,8 +194,10 @@ def test_corrupt_and_truncated_shards_are_named(tmp_path):
     with pytest.raises(UserError, match=rf"{shard}: checksum mismatch"):
         ShardSet(out, "train", verify=True)
     shard.write_bytes(bytes(data[:-4]))
-    with pytest.raises(UserError, match=rf"{shard}: truncated"):
+    with pytest.raises(UserError, match=rf"{shard}: truncated.*delete {out} and run the same command again"):
         ShardSet(out, "train")
+    again = prepare(spec(tmp_path / "a.txt", text_per_line=True), tmp_path / "o", progress=False)  # repairs
+    assert again == out and ShardSet(out, "train", verify=True).n_tokens > 0
 
 
 def test_parallel_prepare_equals_serial(tmp_path):
@@ -415,7 +417,31 @@ def test_tsv_has_no_quoting_and_a_bom_is_not_text(tmp_path):
     jsonl.write_bytes(b'\xef\xbb\xbf{"t": "x y", "l": "p"}\n{"t": "z", "l": "q"}\n')
     rows = list(read_file(jsonl, Fields(task="classify", text="t", label="l"), BadRows()))
     assert rows == [{"text": "x y", "label": "p"}, {"text": "z", "label": "q"}]
+    quoted = tmp_path / "q.tsv"  # as pandas / csv.writer(delimiter="\t") write it: quoted where needed
+    import csv as csv_module
+
+    with open(quoted, "w", newline="") as f:
+        w = csv_module.writer(f, delimiter="\t")
+        w.writerows([["text", "label"], ['he said "hi"', "a"], ["tab\there", "b"], ["plain", "c"]])
+    rows = list(read_file(quoted, Fields(task="classify"), BadRows()))
+    assert [r["text"] for r in rows] == ['he said "hi"', "tab\there", "plain"]
     csv_file = tmp_path / "a.csv"  # CSV keeps its quoting: a quoted comma and newline stay in the field
     csv_file.write_text('text,label\n"one, two\nthree",a\nfour,b\n')
     rows = list(read_file(csv_file, Fields(task="classify"), BadRows()))
     assert rows[0] == {"text": "one, two\nthree", "label": "a"} and len(rows) == 2
+
+
+def test_train_never_replaces_shards_the_user_prepared(tmp_path):
+    from bigbatch.data.pipeline import shard_dir_for
+    from bigbatch.config import load_config
+
+    path = write_jsonl(tmp_path / "d.jsonl", classify_rows(60))
+    out = prepare(spec(path, "classify"), tmp_path / "mine", progress=False)  # byte tokenizer
+    before = sorted(p.name for p in out.rglob("*"))
+    cfg = load_config(None, ["task=classify", f"data.source={path}", f"data.shard_dir={out}", "data.tokenizer=bpe",
+                             "data.vocab_size=300"])
+    with pytest.raises(UserError, match=r"holds data prepared with other settings \(tokenizer byte -> bpe 300\)"):
+        shard_dir_for(cfg, progress=False)
+    assert sorted(p.name for p in out.rglob("*")) == before
+    same = load_config(None, ["task=classify", f"data.source={path}", f"data.shard_dir={out}", "data.tokenizer=byte"])
+    assert shard_dir_for(same, progress=False) == out  # the same settings reuse them

@@ -177,7 +177,10 @@ def test_fast_cpu_dropout_keeps_the_expectation_and_routes_the_gradient():
     assert abs(dropped - 0.1) < 0.002
     assert abs(y.mean().item() - 1.0) < 0.003
     kept = y[y != 0]
-    assert torch.allclose(kept, torch.full_like(kept, 65536 / (65536 - 6554)))
+    assert torch.equal(kept, torch.full_like(kept, 65536 / (65536 - 6554)))
+    pairs = ((y[:, :-1] == 0) & (y[:, 1:] == 0)).float().mean().item()  # neighbours (often one 64-bit draw)
+    assert abs(pairs - 0.01) < 0.001  # independent: p squared
+    assert not torch.equal(dropout(x, 0.1) == 0, dropout(x, 0.1) == 0)  # a fresh mask every call
     y.sum().backward()
     assert torch.equal(x.grad, (y != 0).float() * (65536 / (65536 - 6554)))
     module = Dropout(0.3).eval()
@@ -187,3 +190,6 @@ def test_fast_cpu_dropout_keeps_the_expectation_and_routes_the_gradient():
     a = dropout(torch.ones(64, 3), 0.5)
     torch.manual_seed(1)
     assert torch.equal(a, dropout(torch.ones(64, 3), 0.5))  # follows torch's seed: resume stays exact
+    torch.manual_seed(2)
+    assert not torch.equal(a, dropout(torch.ones(64, 3), 0.5))
+    assert dropout(torch.ones(8, 8), 0.999999).isfinite().all()  # p rounds to 1: torch's dropout, no 1 / 0

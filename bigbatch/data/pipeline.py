@@ -88,7 +88,7 @@ def shard_dir_for(cfg: Config, progress: bool = True, preparer: bool = True) -> 
     """
     spec = prepare_spec(cfg)
     if preparer:
-        return prepare(spec, cfg.data.shard_dir, progress=progress)
+        return prepare(spec, cfg.data.shard_dir, progress=progress, replace=False)
     out, fp = prepared_dir(spec, cfg.data.shard_dir)
     while not is_prepared(out, fp):
         wait_for_file(out / "manifest.json", f"local rank 0 to prepare {out}")

@@ -34,7 +34,8 @@ from tqdm import tqdm
 
 from bigbatch.data import sources
 from bigbatch.data.builtin import builtin_fingerprint, builtin_records, split_of
-from bigbatch.data.shards import FORMAT, read_manifest, token_dtype, verify_shards, write_atomic, write_shard
+from bigbatch.data.shards import (FORMAT, check_sizes, read_manifest, token_dtype, verify_shards, write_atomic,
+                                  write_shard)
 from bigbatch.data.sources import SPLIT_KEY, BadRows, Fields, expand, fingerprint_files, read_file
 from bigbatch.data.tokenizer import ByteTokenizer, load_tokenizer_file, train_tokenizer
 from bigbatch.errors import UserError
@@ -319,16 +320,25 @@ def verify_prepared(spec: PrepareSpec, out: str | Path | None = None) -> tuple[P
     return out, verify_shards(out)
 
 
-def prepare(spec: PrepareSpec, out: str | Path | None = None, progress: bool = True) -> Path:
+def prepare(spec: PrepareSpec, out: str | Path | None = None, progress: bool = True, replace: bool = True) -> Path:
     """Prepare ``spec`` into ``out`` (default: the cache, keyed by fingerprint); returns the directory.
 
-    A directory that already holds a complete manifest of the same fingerprint is reused as is. Processes
-    that prepare the same directory at once (two machines' local rank 0 on a shared cache) take turns on a
-    lock file: the first prepares, the others find its manifest.
+    A directory that already holds a complete manifest of the same fingerprint is reused as is; one of
+    other settings is prepared again when ``replace`` (`bigbatch prepare`), else refused with what differs
+    (training with data.shard_dir never deletes shards a user prepared). Processes that prepare the same
+    directory at once (two machines' local rank 0 on a shared cache) take turns on a lock file: the first
+    prepares, the others find its manifest.
     """
+    given = out is not None
     out, fp = prepared_dir(spec, out)
+    damaged = None
     if is_prepared(out, fp):
-        return out
+        damaged = _damage(out) if replace else None  # `bigbatch prepare` over damaged shards repairs them
+        if damaged is None:
+            return out
+        print(f"{damaged}; preparing {out} again", file=sys.stderr)
+    if given and not replace and (out / "manifest.json").exists():
+        _refuse_other_settings(spec, out)
     try:
         if out.exists() and not out.is_dir():
             raise UserError(f"{str(out)[:200]}: a file is there; expected a directory for prepared data")
@@ -338,16 +348,45 @@ def prepare(spec: PrepareSpec, out: str | Path | None = None, progress: bool = T
         raise UserError(f"{str(out)[:200]}: cannot write prepared data there ({e.strerror})") from None
     with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another process preparing the same directory: wait for it, reuse its work
-        if is_prepared(out, fp):
+        if is_prepared(out, fp) and (damaged is None or _damage(out) is None):
             return out
         return _prepare_locked(spec, out, fp, progress)
+
+
+def _damage(out: Path) -> str | None:
+    """O(shards): the first shard file of ``out`` that is missing or of the wrong size, or None."""
+    manifest = read_manifest(out)
+    try:
+        for split in manifest["splits"].values():
+            for meta in split["shards"]:
+                check_sizes(out, meta, manifest["dtype"])
+    except UserError as e:
+        return str(e).split(";")[0]
+    return None
+
+
+def _refuse_other_settings(spec: PrepareSpec, out: Path) -> None:
+    have = read_manifest(out)
+    tok = have.get("tokenizer") or {}
+    wanted = spec.tokenizer if spec.tokenizer not in ("bpe", "unigram") else f"{spec.tokenizer} {spec.vocab_size}"
+    held = f"{tok.get('kind')} {tok.get('vocab_size')}" if tok.get("kind") in ("bpe", "unigram") else tok.get("kind")
+    diffs = [f"task {have.get('task')} -> {spec.task}"] if have.get("task") != spec.task else []
+    if held != wanted:
+        diffs.append(f"tokenizer {held} -> {wanted}")
+    sources_now = [spec.source, spec.valid_source, spec.test_source]
+    if [str(x) if x else None for x in have.get("sources") or []] != [str(x) if x else None for x in sources_now]:
+        diffs.append(f"sources {have.get('sources')} -> {sources_now}")
+    raise UserError(f"data.shard_dir={out}: holds data prepared with other settings ({'; '.join(diffs) or 'fields or format'}); "
+                    "set the same data keys (e.g. data.tokenizer / data.vocab_size), give another data.shard_dir, "
+                    "or run `bigbatch prepare` to replace it")
 
 
 def _prepare_locked(spec: PrepareSpec, out: Path, fp: str, progress: bool) -> Path:
     # more tokenising processes than cores cannot go faster; a huge data.num_workers would fork without end
     spec = replace(spec, workers=max(1, min(spec.workers, os.cpu_count() or 1)))
     if (out / "manifest.json").exists():
-        print(f"{out}: the data or settings changed since it was prepared; preparing again", file=sys.stderr)
+        if read_manifest(out).get("fingerprint") != fp:
+            print(f"{out}: the data or settings changed since it was prepared; preparing again", file=sys.stderr)
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     tok, tok_path = _build_tokenizer(spec, out)

@@ -91,13 +91,21 @@ def write_shard(directory: Path, name: str, parts: list[dict], dtype: str) -> di
             "bin_bytes": len(data), "idx_bytes": idx_bytes}
 
 
+def _again(path: Path) -> str:
+    """What to do about damaged shards: the directory that holds them, named, to delete and prepare anew."""
+    path = Path(path)
+    top = next((d for d in (path, *path.parents) if (d / "manifest.json").exists()), path.parent)
+    return (f"delete {top} and run the same command again (bigbatch train prepares it anew; "
+            f"`bigbatch prepare --verify --out {top}` checks every shard)")
+
+
 def read_manifest(shard_dir: Path) -> dict:
     path = Path(shard_dir) / "manifest.json"
     if not path.exists():
         raise UserError(f"{shard_dir}: no manifest.json; not a prepared shard directory (run bigbatch prepare)")
     manifest = json.loads(path.read_text())
     if manifest.get("format") != FORMAT:
-        raise UserError(f"{path}: shard format {manifest.get('format')} is not {FORMAT}; prepare the data again")
+        raise UserError(f"{path}: shard format {manifest.get('format')} is not {FORMAT}; {_again(shard_dir)}")
     return manifest
 
 
@@ -112,10 +120,10 @@ def check_sizes(shard_dir: Path, meta: dict, dtype: str) -> None:
         try:
             actual = path.stat().st_size
         except FileNotFoundError:
-            raise UserError(f"{path}: shard file is missing; prepare the data again") from None
+            raise UserError(f"{path}: shard file is missing; {_again(shard_dir)}") from None
         if size is not None and actual != size:
             raise UserError(f"{path}: truncated or wrong size ({actual} bytes, expected {size}); "
-                            "prepare the data again")
+                            f"{_again(shard_dir)}")
 
 
 def check_hashes(shard_dir: Path, meta: dict) -> None:
@@ -123,7 +131,7 @@ def check_hashes(shard_dir: Path, meta: dict) -> None:
     for name, key in ((meta["bin"], "sha256"), (meta["idx"], "idx_sha256")):
         path = Path(shard_dir) / name
         if sha256_file(path) != meta[key]:
-            raise UserError(f"{path}: checksum mismatch, the shard is corrupt; prepare the data again")
+            raise UserError(f"{path}: checksum mismatch, the shard is corrupt; {_again(shard_dir)}")
 
 
 def open_index(path: Path, meta: dict) -> np.ndarray:
@@ -132,14 +140,14 @@ def open_index(path: Path, meta: dict) -> np.ndarray:
     try:
         index = np.load(path, mmap_mode="r")
     except (ValueError, OSError, EOFError) as e:
-        raise UserError(f"{path}: unreadable shard index ({e}); prepare the data again") from None
+        raise UserError(f"{path}: unreadable shard index ({e}); {_again(path)}") from None
     if index.dtype != INDEX_DTYPE or index.shape != (meta["n_examples"],):
         raise UserError(f"{path}: index of {index.shape} {index.dtype}, expected ({meta['n_examples']},) rows of "
-                        f"{INDEX_DTYPE}; prepare the data again")
+                        f"{INDEX_DTYPE}; {_again(path)}")
     end = int(index["offset"][-1]) + int(index["length"][-1]) + int(index["tgt_length"][-1]) if len(index) else 0
     if end != meta["n_tokens"]:
         raise UserError(f"{path}: the index ends at token {end}, the shard holds {meta['n_tokens']}; "
-                        "prepare the data again")
+                        f"{_again(path)}")
     return index
 
 

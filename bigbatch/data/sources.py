@@ -182,8 +182,8 @@ def _decode_block(path: Path, line: int, offset: int, block: bytes, key: tuple |
                   bad: BadRows) -> Iterator[dict]:
     """The record of one block of a text file that starts at ``line`` / byte ``offset``; a block that is not
     UTF-8 is a bad row named by the file line and byte where the bad byte is."""
-    try:
-        text = block.decode("utf-8")
+    try:  # a UTF-8 byte-order mark opening the file is not text
+        text = block.decode("utf-8-sig" if offset == 0 else "utf-8")
     except UnicodeDecodeError as e:
         bad_line = line + block[: e.start].count(b"\n")
         bad.add(f"{path}:{bad_line}", f"not UTF-8 (byte {offset + e.start})", fields.skip_bad_rows)
@@ -266,12 +266,24 @@ def _encodable(record: dict) -> bool:
     return True
 
 
+def _tsv_is_quoted(path: Path) -> bool:
+    """Whether a .tsv file quotes its fields as CSV does (pandas, Python's csv module and Excel quote a field
+    holding a quote, tab or newline): a whole field in double quotes within its first 64 KiB."""
+    with open_binary(path) as raw:
+        head = raw.read(1 << 16).decode("utf-8", errors="replace")
+    lines = head.splitlines()[:-1] or head.splitlines()  # the last line may be cut
+    return any(len(f) >= 2 and f[0] == f[-1] == '"' for line in lines for f in line.split("\t"))
+
+
 def _read_csv(path: Path, fields: Fields, bad: BadRows, delimiter: str) -> Iterator[dict]:
+    # plain TSV has no quoting (IANA text/tab-separated-values; GLUE's readers agree): a stray " opening a
+    # field is text, not a quoted field that swallows the rows after it; a TSV whose fields are quoted as
+    # CSV writers quote them is read with CSV quoting
+    quoting = csv.QUOTE_MINIMAL
+    if delimiter == "\t" and not _tsv_is_quoted(path):
+        quoting = csv.QUOTE_NONE
     with open_binary(path) as raw:
         text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")  # -sig: a BOM (Excel) is not in a name
-        # TSV has no quoting (IANA text/tab-separated-values; GLUE's readers agree): a stray " at the start of
-        # a field is text, not the start of a quoted field that would swallow the rows after it
-        quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
         reader = csv.reader(_bounded_lines(text, path), delimiter=delimiter, quoting=quoting)
         header = None  # the first row
         while True:

@@ -30,13 +30,13 @@ def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
     """
     if not training or p == 0.0:
         return x
-    if x.is_cuda or not 0.0 < p < 1.0:
-        return F.dropout(x, p, training)
     cut = round(p * _INT16_STATES)  # drop the `cut` smallest of the 65536 int16 values
+    if x.device.type != "cpu" or not 0 < cut < _INT16_STATES:  # other devices; p within 1/131072 of 0 or 1
+        return F.dropout(x, p, training)
     words = -(-x.numel() // 4)
     bits = torch.randint(-(1 << 63), (1 << 63) - 1, (words,), dtype=torch.int64, device=x.device)
     keep = bits.view(torch.int16)[: x.numel()].view(x.shape) >= cut - (1 << 15)
-    return x.masked_fill(~keep, 0.0) * (_INT16_STATES / (_INT16_STATES - cut))
+    return x * (keep * (_INT16_STATES / (_INT16_STATES - cut))).to(x.dtype)
 
 
 class Dropout(nn.Module):

@@ -236,8 +236,12 @@ def _resolve_model(cfg: Config, stats: DataStats, peak_flops: float | None) -> t
     if cfg.model.dropout is None:
         passes = expected_passes(cfg, stats, budget, peak_flops)
         cfg = _replace(cfg, "model", dropout=0.1 if passes >= DROPOUT_PASSES else 0.0)
-        notes.append(f"model.dropout={cfg.model.dropout:g} (about {passes:,.0f} passes over the training data; "
-                     f"dropout from {DROPOUT_PASSES})" if math.isfinite(passes) else f"model.dropout={cfg.model.dropout:g}")
+        if not math.isfinite(passes):
+            why = "no budget or device speed bounds the passes over the data"
+        else:
+            why = f"about {passes:.2g} passes" if passes < 10 else f"about {passes:,.0f} passes"
+            why += f" over the training data; dropout from {DROPOUT_PASSES}"
+        notes.append(f"model.dropout={cfg.model.dropout:g} ({why})")
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model))  # checks d_model % n_heads etc.
     if cfg.task == "lm" and cfg.data.seq_len > cfg.model.max_len:
         raise UserError(f"data.seq_len={cfg.data.seq_len} is longer than model.max_len={cfg.model.max_len}")
@@ -250,8 +254,8 @@ def expected_passes(cfg: Config, stats: DataStats, budget: float | None, peak_fl
     m, t = cfg.model, cfg.train
     tokens = budget if budget is not None else math.inf
     if t.max_time_s and peak_flops:
-        rate = estimate_tokens_per_s(peak_flops, m.d_model, m.n_encoder_layers or m.n_layers, cfg.task,
-                                     stats.vocab_size)
+        layers = max(m.n_encoder_layers or m.n_layers, m.n_decoder_layers or m.n_layers)
+        rate = estimate_tokens_per_s(peak_flops, m.d_model, layers, cfg.task, stats.vocab_size)
         tokens = min(tokens, t.max_time_s * rate)
     return tokens / max(stats.n_tokens, 1)
 
@@ -268,8 +272,8 @@ def _resolve_run(cfg: Config, stats: DataStats) -> tuple[Config, list[str]]:
     max_steps = train.get("max_steps", t.max_steps)
     if max_steps is None and t.max_tokens:  # bounded by tokens: the steps that many tokens take
         max_steps = math.ceil(t.max_tokens / max(stats.n_tokens / _steps_per_epoch(cfg, stats), 1))
-    if t.eval_every is None:
-        train["eval_every"] = max(1, max_steps // 10) if max_steps else 0
+    if t.eval_every is None:  # ~10 evaluations a run; a smoke run of < 50 steps only at its end
+        train["eval_every"] = max_steps // 10 if max_steps and max_steps >= 50 else 0
         if t.max_time_s and t.eval_every_s is None:
             train["eval_every_s"] = t.max_time_s / 10
         notes.append("train.eval_every=" + (f"{train['eval_every']} steps" if train["eval_every"] else "0")

@@ -41,7 +41,8 @@ from bigbatch.train.noise import NoiseScale
 from bigbatch.train.optim import build_optimizer, build_scheduler, scale_for_batch
 from bigbatch.train.report import report
 from bigbatch.train.setup import BatchPlan, global_batch_for_scaling, setup_run
-from bigbatch.train.validation import BLEU_SAMPLE, BestTracker, eval_due, metric_for, periodic_batches
+from bigbatch.train.validation import (BLEU_SAMPLE, BestTracker, eval_due, final_batches, metric_for,
+                                       periodic_batches)
 
 
 def _bytes_b64(t: torch.Tensor) -> str:
@@ -158,7 +159,7 @@ def _train(cfg: Config, run_dir, progress: bool, dist: Dist, device: torch.devic
 def _train_locked(cfg: Config, run_dir: Path, progress: bool, dist: Dist, device: torch.device, strategy: str,
                   wall_start: float) -> dict:
     ckpt = _resumable(run_dir, dist)
-    if ckpt is None and dist.is_main and not (run_dir / "config.yaml").exists():
+    if ckpt is None and dist.is_main:
         # the config as given, before data preparation (minutes on a large source): a run stopped there is
         # restarted by `bigbatch train --run-dir DIR` with its own config, not the embedded default
         write_text_atomic(run_dir / "config.yaml", cfg.to_yaml())
@@ -246,27 +247,34 @@ def _train_locked(cfg: Config, run_dir: Path, progress: bool, dist: Dist, device
             _run(ctx, state, stop, progress)
         if ctx.stopped:
             return {"run_dir": str(run_dir), "stopped_by_signal": stop.signum or signal.SIGTERM, **state}
-        finished = _finished_before(run_dir, state, resumed_step, dist)
+        finished = _finished_before(run_dir, state, resumed_step, dist, ctx.early_stopped)
         return finished if finished is not None else _finish(ctx, state, time.time() - wall_start)
     finally:
         ctx.logger.close()
 
 
-def _finished_before(run_dir: Path, state: dict, resumed_step: int | None, dist: Dist) -> dict | None:
-    """A run resumed after it had ended (no step left to train, its summary written): its summary as it
-    was, without evaluating again or appending rows; None when there is anything to finish."""
-    summary = run_dir / "summary.json"
-    if resumed_step is None or state["step"] != resumed_step or not summary.exists():
+def _finished_before(run_dir: Path, state: dict, resumed_step: int | None, dist: Dist,
+                     early_stopped: bool) -> dict | None:
+    """A run resumed after it had ended (no step trained now, and its summary.json is of this very step and
+    token count): that summary, without evaluating again or appending rows; None when anything is left to
+    finish (a run killed in its final evaluation, or one that trained further). Rank 0 decides for all."""
+    result = None
+    if dist.is_main and resumed_step is not None and state["step"] == resumed_step:
+        try:
+            result = json.loads((run_dir / "summary.json").read_text())
+        except (OSError, ValueError):
+            result = None  # none, or unreadable: finish again, which writes it anew
+        if not isinstance(result, dict) or (result.get("step"), result.get("tokens")) != (state["step"], state["tokens"]):
+            result = None
+        if result is not None:
+            how = ("it stopped early (train.patience)" if early_stopped else
+                   "raise train.max_time_s / max_steps / epochs to train further")
+            print(f"{run_dir} had already finished at step {state['step']}: nothing to train ({how}; its results "
+                  f"are in {run_dir / 'summary.json'}; `bigbatch eval` scores it again)", file=sys.stderr)
+    done = dist.broadcast(result is not None)
+    if not done:
         return None
-    dist.barrier()
-    try:
-        result = json.loads(summary.read_text())
-    except (OSError, ValueError):
-        return None  # unreadable: finish again, which writes it anew
-    if dist.is_main:
-        print(f"{run_dir} had already finished at step {state['step']}: nothing to train (its results are in "
-              f"{summary}; raise train.max_time_s / max_steps / epochs to train further)", file=sys.stderr)
-    return result
+    return result if dist.is_main else {"run_dir": str(run_dir), "step": state["step"], "tokens": state["tokens"]}
 
 
 def _restore_rng(saved, dist: Dist, seed: int) -> None:
@@ -537,7 +545,7 @@ def _evaluate(ctx: _Context, state: dict, final: bool) -> dict:
     larger sample), logged with "full": true; otherwise the periodic sample, the same at every evaluation."""
     sharded = ctx.strategy == "fsdp"
     model = ctx.model if sharded else unwrap(ctx.model)  # DDP's forward is not needed to evaluate
-    batches = ctx.valid.eval_batches() if final else periodic_batches(ctx.cfg, ctx.valid)
+    batches = final_batches(ctx.cfg, ctx.valid, not ctx.dist.is_main) if final else periodic_batches(ctx.cfg, ctx.valid)
     result = evaluate(model, ctx.cfg.task, batches, ctx.device,
                       ctx.precision.autocast, ctx.valid.shards.bytes_per_token,
                       ctx.cfg.model.num_classes, dist=ctx.dist, lockstep=sharded and ctx.dist.enabled)

@@ -119,7 +119,8 @@ def setup_run(cfg: Config, device: torch.device, dist: Dist = ONE_PROCESS, progr
     shard_dir = shard_dir_for(cfg, progress, preparer)
     stats = DataStats.from_shards(shard_dir, read_manifest(shard_dir), cfg.task)
     peak = None
-    if cfg.train.max_time_s and (cfg.model.d_model is None or cfg.model.n_layers is None):
+    m = cfg.model
+    if cfg.train.max_time_s and (m.d_model is None or m.n_layers is None or m.dropout is None):
         from bigbatch.train.bench import matmul_peak
 
         peak = matmul_peak(str(device), n=1024, reps=5)["peak_flops"] if dist.is_main else None

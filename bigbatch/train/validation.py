@@ -85,6 +85,32 @@ def eval_due(cfg: Config, step: int, clock: float, last_eval_clock: float) -> bo
     return by_steps or by_time
 
 
+FINAL_EVAL_TOKENS = 4_000_000  # the end-of-run report reads at most about this many validation tokens
+
+
+def final_batches(cfg: Config, loader, quiet: bool = False):
+    """The validation batches of the end-of-run report: the whole split up to FINAL_EVAL_TOKENS (about a
+    minute of forward passes for a small model on 2 CPU cores), past that a seeded sample (classify /
+    translate) or the first rows (lm), said in one line; `bigbatch eval RUN --split valid` reads it all."""
+    shards = loader.shards
+    if shards.n_tokens <= FINAL_EVAL_TOKENS:
+        return loader.eval_batches()
+    share = FINAL_EVAL_TOKENS / shards.n_tokens
+    if cfg.task == "lm":
+        batches = max(1, int(FINAL_EVAL_TOKENS // (loader.batch_size * loader.seq_len)))
+        what, it = f"its first {batches:,} batches", loader.eval_batches(batches)
+    else:
+        examples = max(1, int(shards.n_examples * share))
+        what, it = f"a seeded sample of ~{examples:,} of its {shards.n_examples:,} examples", \
+            loader.eval_batches(max_examples=examples, seed=cfg.train.seed)
+    if not quiet:
+        import sys
+
+        print(f"note: the validation split holds {shards.n_tokens:,} tokens; the end-of-run report reads {what} "
+              "(`bigbatch eval RUN --split valid` scores every example)", file=sys.stderr)
+    return it
+
+
 def periodic_batches(cfg: Config, loader):
     """The validation batches of a periodic evaluation: eval_batches micro-batches, or a fixed seeded
     sample of eval_examples examples (classify / translate), the same sample every time."""
