@@ -146,6 +146,29 @@ def cmd_classify(args) -> int:
     return 0
 
 
+def cmd_attention(args) -> int:
+    from bigbatch import load
+    from bigbatch.evaluate.attention_maps import attention_maps, plot_attention, select
+    from bigbatch.train.checkpoint import checkpoint_assets, resolve_checkpoint
+
+    model, cfg = load(args.run, args.checkpoint)
+    tokenizer, _ = checkpoint_assets(resolve_checkpoint(args.run, args.checkpoint), cfg)
+    try:
+        is_file = Path(args.input).is_file()
+    except OSError:  # a text too long to be a file name
+        is_file = False
+    if is_file:
+        with open(args.input, "rb") as f:  # the model reads at most max_len tokens: 64 KiB is plenty
+            text = f.read(1 << 16).decode("utf-8", errors="replace")
+    else:
+        text = args.input
+    chosen = select(attention_maps(model, cfg.task, tokenizer, text, cfg.model.max_len), args.stack, args.layer)
+    out = plot_attention(chosen, args.out, args.head)
+    print(f"{out}: {chosen.stack} attention, layer {chosen.layer}, head {args.head}, "
+          f"{len(chosen.queries)} x {len(chosen.keys)} tokens")
+    return 0
+
+
 def cmd_eval(args) -> int:
     from bigbatch.evaluate.run import evaluate_run
 
@@ -322,6 +345,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("text", nargs="*")
     c.add_argument("--json", action="store_true", help="one JSON object per line")
     c.set_defaults(func=cmd_classify)
+
+    at = sub.add_parser("attention", help="draw a trained model's attention weights on an input as heatmaps")
+    at.add_argument("run")
+    at.add_argument("input", help="the text (or a text file) to run the model on")
+    at.add_argument("--out", required=True, help="the PNG file to write")
+    at.add_argument("--layer", type=int, default=0, help="layer number (negative counts from the last)")
+    at.add_argument("--head", default="all", help="head number, or all (side by side)")
+    at.add_argument("--stack", choices=("encoder", "decoder", "cross"), default=None,
+                    help="which attention (default: cross for a translator, else the model's own)")
+    at.add_argument("--checkpoint", default="best", help="best (default), latest, or a checkpoint name")
+    at.set_defaults(func=cmd_attention)
 
     pr = sub.add_parser("prepare", help="tokenise data into shards (train does this itself when needed)")
     pr.add_argument("config", nargs="?", help="YAML config whose data section to prepare")

@@ -174,3 +174,53 @@ def test_kv_cache_equals_full_causal_attention():
     pieces.append(attn(x[:, 3:5], is_causal=True, cache=cache))
     pieces += [attn(x[:, t : t + 1], is_causal=True, cache=cache) for t in (5, 6)]
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-6, rtol=1e-5)
+
+
+def _weights64(attn, h, mask=None, causal=False, memory=None):
+    """softmax(QKᵀ/√d_k + mask) of one MultiHeadAttention, per head, in float64 from its own weights."""
+    W, b = attn.in_proj.weight.double(), attn.in_proj.bias.double()
+    D, H = attn.d_model, attn.n_heads
+    q = h.double() @ W[:D].T + b[:D]
+    kv_in = (h if memory is None else memory).double()
+    k = kv_in @ W[D : 2 * D].T + b[D : 2 * D]
+    split = lambda t: t.view(t.size(0), t.size(1), H, D // H).transpose(1, 2)  # (B, H, L, hd)
+    scores = split(q) @ split(k).transpose(-2, -1) / math.sqrt(D // H)
+    L, S = scores.shape[-2:]
+    if causal:
+        scores = scores.masked_fill(~torch.ones(L, S, dtype=torch.bool).tril(), float("-inf"))
+    return torch.softmax(scores, dim=-1)
+
+
+def test_attention_maps_are_the_weights_the_model_used():
+    """`bigbatch attention` draws what the forward pass computed: equal to the formula from the layer's weights."""
+    from bigbatch.evaluate.attention_maps import attention_maps, select
+    from bigbatch.data.tokenizer import ByteTokenizer
+    from bigbatch.nn import CausalLM, Seq2Seq, TextClassifier
+
+    torch.manual_seed(0)
+    tok = ByteTokenizer()
+    text = "def f(x):\n    return x"
+    ids = torch.from_numpy(tok.encode(text).astype("int64"))[None]
+    lm = CausalLM(vocab_size=tok.vocab_size, d_model=48, n_heads=3, n_layers=2, max_len=64).eval()
+    maps = attention_maps(lm, "lm", tok, text, max_len=64)
+    assert [(m.stack, m.layer) for m in maps] == [("decoder", 0), ("decoder", 1)]
+    h0 = lm.decoder.blocks[0].norm_attn(lm.embed(ids))
+    expected = _weights64(lm.decoder.blocks[0].attn, h0, causal=True)[0]
+    assert torch.allclose(maps[0].weights.double(), expected, atol=1e-6)
+    assert maps[0].weights.shape == (3, len(text), len(text)) and maps[0].keys[0] == "d"
+    assert all(a.recorded is None and not a.record for a in (b.attn for b in lm.decoder.blocks))  # switched off
+
+    clf = TextClassifier(vocab_size=tok.vocab_size, num_classes=3, d_model=32, n_heads=2, n_layers=1, max_len=64)
+    m = select(attention_maps(clf.eval(), "classify", tok, "hello", max_len=64), None, 0)
+    h = clf.encoder.blocks[0].norm_attn(clf.embed(torch.tensor([list(b"hello")])))
+    assert m.stack == "encoder" and torch.allclose(m.weights.double(), _weights64(clf.encoder.blocks[0].attn, h)[0],
+                                                   atol=1e-6)
+
+    s2s = Seq2Seq(vocab_size=tok.vocab_size, d_model=32, n_heads=2, n_layers=1, max_len=32, pad_id=0).eval()
+    maps = attention_maps(s2s, "translate", tok, "abc", max_len=32, max_new_tokens=5)
+    cross = select(maps, None, 0)
+    assert cross.stack == "cross" and cross.keys == ["a", "b", "c"] and cross.queries[0] == "<bos>"
+    assert cross.weights.shape == (2, len(cross.queries), 3)
+    assert torch.allclose(cross.weights.sum(-1), torch.ones(2, len(cross.queries)))
+    with pytest.raises(Exception, match="--layer 3: the cross attention has layers 0..0"):
+        select(maps, "cross", 3)

@@ -106,3 +106,18 @@ def test_wrong_task_for_command(classify_run):
     run, _ = classify_run
     proc = cli("translate", run, "x", check=False)
     assert proc.returncode == 2 and "needs a task=translate run" in proc.stderr
+
+
+def test_attention_heatmaps_from_the_command_line(classify_run, tmp_path):
+    run, _ = classify_run
+    out = tmp_path / "a.png"
+    proc = cli("attention", run, "my red apple", "--layer", "-1", "--out", out)
+    assert out.stat().st_size > 1000 and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "encoder attention, layer 1, head all" in proc.stdout
+    one = cli("attention", run, "my red apple", "--head", "3", "--out", tmp_path / "h.png")
+    assert "head 3" in one.stdout
+    for bad, message in ((["--layer", "7"], "--layer 7: the encoder attention has layers 0..1"),
+                         (["--head", "9"], "--head 9: this layer has heads 0..3"),
+                         (["--stack", "cross"], "--stack cross: this model has encoder")):
+        proc = cli("attention", run, "apple", *bad, "--out", tmp_path / "x.png", check=False)
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr

@@ -155,6 +155,8 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
         self.d_model, self.n_heads, self.head_dim = d_model, n_heads, d_model // n_heads
         self.dropout = dropout
+        self.record = False  # True: each forward keeps its per-head weights (B, H, L, S) in .recorded
+        self.recorded: Tensor | None = None
         self.in_proj = nn.Linear(d_model, 3 * d_model, bias=bias)
         self.out_proj = nn.Linear(d_model, d_model, bias=bias)
 
@@ -206,10 +208,12 @@ class MultiHeadAttention(nn.Module):
                         causal = causal_mask(L, k.size(2), x.device)
                         attn_mask = causal if attn_mask is None else attn_mask & causal
         dropout_p = self.dropout if self.training else 0.0
-        if need_weights:
+        if need_weights or self.record:  # the formula written out: its weights are the ones that were used
             out, weights = reference_attention(
                 q, k, v, attn_mask, dropout_p, is_causal, return_weights=True
             )
+            if self.record:
+                self.recorded = weights.detach()
         else:
             out = scaled_dot_product_attention(q, k, v, attn_mask, dropout_p, is_causal)
         out = self.out_proj(out.transpose(1, 2).reshape(B, L, D))
