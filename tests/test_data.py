@@ -425,6 +425,9 @@ def test_tsv_has_no_quoting_and_a_bom_is_not_text(tmp_path):
         w.writerows([["text", "label"], ['he said "hi"', "a"], ["tab\there", "b"], ["plain", "c"]])
     rows = list(read_file(quoted, Fields(task="classify"), BadRows()))
     assert [r["text"] for r in rows] == ['he said "hi"', "tab\there", "plain"]
+    plain = tmp_path / "p.tsv"  # a plain TSV whose text happens to be in quotes keeps them
+    plain.write_text('text\tlabel\n"Hello"\ta\n"open\tb\n')
+    assert [r["text"] for r in read_file(plain, Fields(task="classify"), BadRows())] == ['"Hello"', '"open']
     csv_file = tmp_path / "a.csv"  # CSV keeps its quoting: a quoted comma and newline stay in the field
     csv_file.write_text('text,label\n"one, two\nthree",a\nfour,b\n')
     rows = list(read_file(csv_file, Fields(task="classify"), BadRows()))

@@ -267,12 +267,27 @@ def _encodable(record: dict) -> bool:
 
 
 def _tsv_is_quoted(path: Path) -> bool:
-    """Whether a .tsv file quotes its fields as CSV does (pandas, Python's csv module and Excel quote a field
-    holding a quote, tab or newline): a whole field in double quotes within its first 64 KiB."""
+    """Whether a .tsv file quotes fields as CSV writers do (pandas, Python's csv module and Excel quote only a
+    field that holds a quote, tab or newline), judged on its first 64 KiB: a quoted field with a doubled
+    quote inside, or rows that have the header's number of fields only when read with quoting. A field that
+    merely starts and ends with a quote (`"Hello"`) is text, as in any plain TSV."""
     with open_binary(path) as raw:
-        head = raw.read(1 << 16).decode("utf-8", errors="replace")
-    lines = head.splitlines()[:-1] or head.splitlines()  # the last line may be cut
-    return any(len(f) >= 2 and f[0] == f[-1] == '"' for line in lines for f in line.split("\t"))
+        head = raw.read(1 << 16).decode("utf-8", errors="replace").lstrip("\ufeff")
+    lines = head.splitlines()
+    lines = lines[:-1] if len(lines) > 1 and not head.endswith(("\n", "\r")) else lines  # the last may be cut
+    if len(lines) < 2:
+        return False
+    n = len(lines[0].split("\t"))
+    for line in lines[1:]:
+        if any(len(f) > 3 and f[0] == f[-1] == '"' and '""' in f[1:-1] for f in line.split("\t")):
+            return True
+    if all(len(line.split("\t")) == n for line in lines):
+        return False
+    try:
+        rows = list(csv.reader(io.StringIO("\n".join(lines)), delimiter="\t"))
+    except csv.Error:
+        return False
+    return all(len(r) == n for r in rows if r)
 
 
 def _read_csv(path: Path, fields: Fields, bad: BadRows, delimiter: str) -> Iterator[dict]:
