@@ -9,7 +9,7 @@ import math
 import numpy as np
 import torch
 
-from bigbatch.objectives import OBJECTIVES
+from bigbatch.tasks import get_task
 
 
 def _to(batch: dict, device) -> dict:
@@ -44,7 +44,7 @@ def evaluate(model, task: str, batches, device, autocast=contextlib.nullcontext,
     model.eval()
     loss_sum, n_targets, n_examples = 0.0, 0, 0
     confusion = np.zeros((num_classes, num_classes), dtype=np.int64) if task == "classify" else None
-    objective = OBJECTIVES[task]
+    objective = get_task(task).objective
     stream = _lockstep(batches, dist, device) if lockstep else ((b, True) for b in batches)
     for batch, counts in stream:
         batch = _to(batch, device)

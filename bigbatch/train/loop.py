@@ -30,9 +30,9 @@ from bigbatch.distributed.parallelize import apply_ac, apply_compile, apply_ddp,
 from bigbatch.distributed.process import ONE_PROCESS, Dist
 from bigbatch.distributed.precision import Precision
 from bigbatch.errors import TrainingError, UserError
-from bigbatch.evaluate.evaluate import evaluate, translation_scores
+from bigbatch.evaluate.evaluate import evaluate
 from bigbatch.nn.models import build_model, count_parameters, flops_per_token
-from bigbatch.objectives import OBJECTIVES
+from bigbatch.tasks import Task, get_task
 from bigbatch.train.checkpoint import (find_resumable, load_model, load_training_state, mark_best, run_dir_lock,
                                        save_checkpoint, unwrap, write_text_atomic)
 from bigbatch.train.memory import auto_micro_batch, check_model_fits, probe, rows_per_micro_batch
@@ -180,7 +180,7 @@ def _train_locked(cfg: Config, run_dir: Path, progress: bool, dist: Dist, device
     if ckpt is not None:
         _check_compatible(ckpt, cfg)
 
-    fpt = flops_per_token(model, cfg.data.seq_len if cfg.task == "lm" else cfg.model.max_len)
+    fpt = flops_per_token(model, get_task(cfg.task).context_len(cfg))
     precision = Precision(cfg.train.precision, device)
     if cfg.train.micro_batch_size == "auto" and plan.unit != "tokens":
         micro = auto_micro_batch(model, cfg, plan.micro * plan.accum_steps, device, precision)
@@ -319,6 +319,10 @@ class _Context:
     last_eval_step: int = -1
     start_seconds: float = 0.0  # train_seconds at the start of this process (a resumed run's earlier time)
 
+    @property
+    def task(self) -> Task:
+        return get_task(self.cfg.task)
+
 
 def _print_header(cfg, model, plan, device, fpt, data: TaskData, strategy: str) -> None:
     n, n_ne = count_parameters(model), count_parameters(model, non_embedding=True)
@@ -332,15 +336,6 @@ def _print_header(cfg, model, plan, device, fpt, data: TaskData, strategy: str) 
     ranks = f"ranks {plan.ranks} ({strategy})" if strategy != "none" else "ranks 1"
     print(f"batch: {plan.describe()}, accumulation {plan.accum_steps}, {ranks}; lr {cfg.optim.lr:g}; "
           f"device {device}{threads}", file=sys.stderr)
-
-
-def _batch_tokens(batch: dict) -> int:
-    """Real (non-pad) input tokens of a batch."""
-    if "src_mask" in batch:
-        return int(batch["src_mask"].sum() + batch["tgt_mask"].sum())
-    if "attention_mask" in batch and batch["attention_mask"].dim() == 2:
-        return int(batch["attention_mask"].sum())
-    return batch["input_ids"].size(0) * (batch["input_ids"].size(1) - 1)
 
 
 def micro_batches_at(step: int, accum_steps: int, batch_warmup_steps: int) -> int:
@@ -374,11 +369,11 @@ def _step(ctx: _Context, precision: Precision, step: int, signalled: bool = Fals
     dist = ctx.dist
     k = micro_batches_at(step, ctx.plan.accum_steps, ctx.cfg.train.batch_warmup_steps)
     micro = [ctx.data.train.next_batch() for _ in range(k)]
-    n_local, tokens_local = sum(b["n_targets"] for b in micro), sum(_batch_tokens(b) for b in micro)
+    n_local, tokens_local = sum(b["n_targets"] for b in micro), sum(ctx.task.input_tokens(b) for b in micro)
     n_total, tokens = (int(x) for x in dist.sum([n_local, tokens_local], ctx.device)) if dist.enabled \
         else (n_local, tokens_local)
     loss_total = torch.zeros((), device=ctx.device)
-    objective = functools.partial(OBJECTIVES[ctx.cfg.task], label_smoothing=ctx.cfg.train.label_smoothing or 0.0)
+    objective = functools.partial(ctx.task.objective, label_smoothing=ctx.cfg.train.label_smoothing or 0.0)
     scaler = precision.scaler
     sq_small = b_small = None
     for i, batch in enumerate(micro):
@@ -549,14 +544,13 @@ def _evaluate(ctx: _Context, state: dict, final: bool) -> dict:
     result = evaluate(model, ctx.cfg.task, batches, ctx.device,
                       ctx.precision.autocast, ctx.valid.shards.bytes_per_token,
                       ctx.cfg.model.num_classes, dist=ctx.dist, lockstep=sharded and ctx.dist.enabled)
-    if ctx.cfg.task == "translate" and not sharded:
+    if ctx.task.decodes and not sharded:  # scores of decoded outputs (BLEU): rank 0 decodes, all get them
         scores = None
         if ctx.dist.is_main:
             one_rank = dataclasses.replace(ctx.data, rank=0, world_size=1).loader("valid")
             sample = BLEU_SAMPLE * (4 if final else 1)
-            scores = translation_scores(model, one_rank.eval_batches(max_examples=sample, seed=ctx.cfg.train.seed),
-                                        ctx.data.tokenizer, ctx.device, max_sentences=None)
-            scores = {"bleu": scores["bleu"], "chrf": scores["chrf"], "bleu_sentences": scores["sentences"]}
+            scores = ctx.task.decoded_scores(model, one_rank.eval_batches(max_examples=sample, seed=ctx.cfg.train.seed),
+                                             ctx.data.tokenizer, ctx.device)
         result.update(ctx.dist.broadcast(scores))
     ctx.logger.log({"step": state["step"], "tokens": state["tokens"], "split": "valid", **result,
                     **({"full": True} if final else {})})

@@ -12,7 +12,7 @@ import torch
 
 from bigbatch.config import Config
 from bigbatch.errors import UserError
-from bigbatch.objectives import OBJECTIVES
+from bigbatch.tasks import get_task
 
 
 def check_model_fits(cfg: Config, device, world_size: int = 1) -> None:
@@ -51,16 +51,7 @@ def _available_ram() -> int | None:
 
 def worst_case_batch(cfg: Config, rows: int, device) -> dict:
     """A synthetic batch of ``rows`` examples at the longest length of the task."""
-    g = torch.Generator().manual_seed(0)
-    V, T = cfg.model.vocab_size, cfg.data.seq_len if cfg.task == "lm" else cfg.model.max_len
-    ids = lambda n: torch.randint(0, V, (rows, n), generator=g).to(device)  # noqa: E731
-    if cfg.task == "lm":
-        return {"input_ids": ids(T + 1)}
-    mask = torch.ones(rows, T, dtype=torch.bool, device=device)
-    if cfg.task == "classify":
-        return {"input_ids": ids(T), "attention_mask": mask, "labels": torch.zeros(rows, dtype=torch.long, device=device)}
-    tgt_mask = torch.ones(rows, T + 1, dtype=torch.bool, device=device)
-    return {"src_ids": ids(T), "src_mask": mask, "tgt_ids": ids(T + 1), "tgt_mask": tgt_mask}
+    return get_task(cfg.task).worst_case_batch(cfg, rows, device)
 
 
 def probe(model, cfg: Config, rows: int, device, precision) -> None:
@@ -69,7 +60,7 @@ def probe(model, cfg: Config, rows: int, device, precision) -> None:
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         with precision.autocast():
-            loss_sum, n, _ = OBJECTIVES[cfg.task](model, batch)
+            loss_sum, n, _ = get_task(cfg.task).objective(model, batch)
         (loss_sum / n).backward()
     model.zero_grad(set_to_none=True)
 
@@ -85,11 +76,11 @@ def activation_bytes_per_example(cfg: Config) -> float:
     """Activations kept for backward, per example at the longest length (Korthikanti et al. 2022:
     about T·d·(34 + 5·h·T/d) bytes per layer at 16 bits), doubled for fp32, plus the logits."""
     m = cfg.model
-    T = cfg.data.seq_len if cfg.task == "lm" else m.max_len
-    layers = m.n_layers if cfg.task != "translate" else (m.n_encoder_layers or m.n_layers) + 2 * (m.n_decoder_layers or m.n_layers)
+    task = get_task(cfg.task)
+    T, layers = task.context_len(cfg), task.activation_layers(m)
     scale = 2.0 if cfg.train.precision == "fp32" else 1.0
     per_layer = T * m.d_model * (34 + 5 * m.n_heads * T / m.d_model) * scale
-    logits = 3 * T * m.vocab_size * 4 if cfg.task != "classify" else 0
+    logits = 3 * T * m.vocab_size * 4 if task.output_vocab else 0
     return layers * per_layer + logits
 
 

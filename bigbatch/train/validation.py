@@ -12,6 +12,7 @@ import dataclasses
 import math
 
 from bigbatch.config import Config
+from bigbatch.tasks import get_task
 
 HIGHER_IS_BETTER = {"accuracy": True, "macro_f1": True, "bleu": True, "loss": False}
 BLEU_SAMPLE = 500  # sentences decoded (greedy) in a periodic translation evaluation
@@ -22,21 +23,21 @@ def metric_for(cfg: Config, strategy: str = "none") -> str:
 
     BLEU needs a whole model on one rank to decode: under FSDP the loss stands in.
     """
+    allowed = get_task(cfg.task).best_metrics
     metric = cfg.train.best_metric
     if metric == "auto":
-        metric = {"classify": "accuracy", "translate": "bleu"}.get(cfg.task, "loss")
+        metric = allowed[0]
     if metric == "bleu" and strategy == "fsdp":
         import sys
 
         print("note: train.best_metric bleu needs the whole model on one rank to decode; under fsdp the validation "
               "loss chooses checkpoints/best", file=sys.stderr)
         return "loss"
-    allowed = {"classify": ("loss", "accuracy", "macro_f1"), "translate": ("loss", "bleu"), "lm": ("loss",)}
-    if metric not in allowed.get(cfg.task, ("loss",)):
+    if metric not in allowed:
         from bigbatch.errors import UserError
 
         raise UserError(f"train.best_metric={metric} does not apply to task={cfg.task}; expected one of "
-                        f"{', '.join(allowed[cfg.task])}")
+                        f"{', '.join(allowed)}")
     return metric
 
 
