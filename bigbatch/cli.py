@@ -119,30 +119,21 @@ def cmd_generate(args) -> int:
 
 
 def cmd_translate(args) -> int:
-    import torch
-
-    from bigbatch.nn.generate import translate
+    from bigbatch.tasks.translate import translate_text
 
     model, cfg, tokenizer, _ = _load(args.run, "translate", args.checkpoint)
     for line in _inputs(args.text):
-        ids = torch.from_numpy(tokenizer.encode(line)[: cfg.model.max_len].astype("int64"))[None]
-        out = translate(model, ids, tokenizer.bos_id, tokenizer.eos_id, cfg.model.max_len - 1, beam=args.beam,
-                        length_penalty=args.length_penalty)
-        print(tokenizer.decode(out[0]))
+        print(translate_text(model, tokenizer, line, beam=args.beam, length_penalty=args.length_penalty))
     return 0
 
 
 def cmd_classify(args) -> int:
-    import torch
+    from bigbatch.tasks.classify import classify_text
 
     model, cfg, tokenizer, labels = _load(args.run, "classify", args.checkpoint)
-    with torch.no_grad():
-        for line in _inputs(args.text):
-            ids = torch.from_numpy(tokenizer.encode(line)[: cfg.model.max_len].astype("int64"))[None]
-            probs = model(ids, torch.ones_like(ids, dtype=torch.bool)).softmax(-1)[0]
-            k = int(probs.argmax())
-            label = labels[k]
-            print(json.dumps({"label": label, "p": round(float(probs[k]), 4)}) if args.json else f"{label}\t{line}")
+    for line in _inputs(args.text):
+        label, p = classify_text(model, tokenizer, labels, line)
+        print(json.dumps({"label": label, "p": round(p, 4)}) if args.json else f"{label}\t{line}")
     return 0
 
 

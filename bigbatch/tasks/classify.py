@@ -25,3 +25,12 @@ class Classification(Task):
         return {"input_ids": torch.randint(0, cfg.model.vocab_size, (rows, T), generator=g).to(device),
                 "attention_mask": torch.ones(rows, T, dtype=torch.bool, device=device),
                 "labels": torch.zeros(rows, dtype=torch.long, device=device)}
+
+
+def classify_text(model, tokenizer, labels: list, text: str) -> tuple[object, float]:
+    """(label, probability) of the most likely class of ``text`` (cut to model.config.max_len tokens)."""
+    ids = torch.from_numpy(tokenizer.encode(text)[: model.config.max_len].astype("int64"))[None]
+    with torch.no_grad():
+        probs = model(ids, torch.ones_like(ids, dtype=torch.bool)).softmax(-1)[0]
+    k = int(probs.argmax())
+    return labels[k], float(probs[k])
