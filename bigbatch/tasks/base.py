@@ -7,13 +7,15 @@ checkpoints/best. Adding a task is one file here, not branches in the trainer.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 from torch import Tensor
 
 from bigbatch import objectives
 from bigbatch.config import Config, ModelConfig
 
 
-class Task:
+class Task(ABC):
     name: str = ""
     best_metrics: tuple[str, ...] = ("loss",)  # the first is train.best_metric=auto's choice
     output_vocab = True  # the model ends in a vocabulary-sized projection (its logits count in memory)
@@ -23,21 +25,21 @@ class Task:
         """(loss_sum, n_targets, logs) of one micro-batch; looked up at call time, so a test may replace it."""
         return objectives.OBJECTIVES[self.name](model, batch, label_smoothing=label_smoothing)
 
+    @abstractmethod
     def input_tokens(self, batch: dict) -> int:
         """Real (non-pad) input tokens of a batch: what tokens/s and train.max_tokens count."""
-        raise NotImplementedError
 
     def context_len(self, cfg: Config) -> int:
         """The longest sequence one example of a batch holds."""
         return cfg.model.max_len
 
+    @abstractmethod
     def worst_case_batch(self, cfg: Config, rows: int, device) -> dict:
         """A synthetic batch of ``rows`` examples at the longest length (the start-up probe)."""
-        raise NotImplementedError
 
     def decoded_scores(self, model, batches, tokenizer, device) -> dict:
-        """Metrics of the model's decoded outputs on ``batches`` (tasks with ``decodes``)."""
-        raise NotImplementedError
+        """Metrics of the model's decoded outputs on ``batches``; none for a task that does not decode."""
+        return {}
 
     def describe(self, result: dict, data, valid, summary: dict) -> str:
         """The task's metrics of an end-of-run validation ``result``, as a phrase after the loss (and any
