@@ -128,12 +128,22 @@ def cmd_translate(args) -> int:
 
 
 def cmd_classify(args) -> int:
-    from bigbatch.tasks.classify import classify_text
+    """Texts (arguments or stdin lines) of a classify run; image files of a vision run."""
+    from bigbatch import load
+    from bigbatch.tasks import get_task
+    from bigbatch.train.checkpoint import checkpoint_assets, resolve_checkpoint
 
-    model, cfg, tokenizer, labels = _load(args.run, "classify", args.checkpoint)
+    model, cfg = load(args.run, args.checkpoint)
+    task = get_task(cfg.task)
+    if not task.labelled:
+        raise UserError(f"{args.run}: this command needs a classify or vision run, this one has task={cfg.task}")
+    tokenizer, labels = checkpoint_assets(resolve_checkpoint(args.run, args.checkpoint), cfg)
     for line in _inputs(args.text):
-        label, p = classify_text(model, tokenizer, labels, line)
-        print(json.dumps({"label": label, "p": round(p, 4)}) if args.json else f"{label}\t{line}")
+        label, p = task.predict(model, tokenizer, labels, line)
+        if args.json:
+            print(json.dumps({"label": label, "p": round(p, 4)}))
+        else:
+            print(f"{label}\t{p:.4f}\t{line}" if cfg.task == "vision" else f"{label}\t{line}")
     return 0
 
 
@@ -173,11 +183,13 @@ def cmd_eval(args) -> int:
     from bigbatch.train.report import describe_baseline
 
     base = result.get("baseline")
-    shown = {k: v for k, v in result.items() if k not in ("baseline", "checkpoint", "split")}
+    shown = {k: v for k, v in result.items() if k not in ("baseline", "checkpoint", "split", "confusion", "confusion_png")}
     print(f"{args.split} ({result['checkpoint']}): "
           + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items()))
     if base:
         print(f"{args.split} ({result['checkpoint']}), same split: {describe_baseline(base)}")
+    if "confusion_png" in result:
+        print(f"confusion matrix: {result['confusion_png']}")
     return 0
 
 
@@ -188,7 +200,8 @@ def cmd_prepare(args) -> int:
 
     sets = list(args.set)
     if args.source:
-        sets += [f"data.source={args.source}", f"data.tokenizer={args.tokenizer}", f"task={args.task}"]
+        tokenizer = args.tokenizer or ("pixels" if args.task == "vision" else "byte")
+        sets += [f"data.source={args.source}", f"data.tokenizer={tokenizer}", f"task={args.task}"]
     if args.workers:
         sets.append(f"data.num_workers={args.workers}")
     if args.verify and args.out and not args.config and not args.source:  # a shard directory, wherever it came from
@@ -330,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--length-penalty", type=float, default=1.0, help="beam hypotheses score log p / length^this")
     tr.set_defaults(func=cmd_translate)
 
-    c = sub.add_parser("classify", help="classify TEXT arguments (or stdin lines) with a classify run")
+    c = sub.add_parser("classify", help="classify TEXT arguments (or stdin lines) with a classify run, image files with a vision run")
     c.add_argument("run")
     c.add_argument("--checkpoint", default="best", help="best (default), latest, or a checkpoint name")
     c.add_argument("text", nargs="*")
@@ -351,8 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("prepare", help="tokenise data into shards (train does this itself when needed)")
     pr.add_argument("config", nargs="?", help="YAML config whose data section to prepare")
     pr.add_argument("--source", help="data source (instead of a config)")
-    pr.add_argument("--tokenizer", default="byte", help="byte, bpe, unigram, or a tokenizer.json / HF directory")
-    pr.add_argument("--task", default="lm", choices=["lm", "classify", "translate"])
+    pr.add_argument("--tokenizer", default=None, help="byte (default), bpe, unigram, or a tokenizer.json / HF directory "
+                    "(task vision: pixels)")
+    pr.add_argument("--task", default="lm", choices=["lm", "classify", "translate", "vision"])
     pr.add_argument("--out", help="output directory (default: the cache, keyed by fingerprint)")
     pr.add_argument("--workers", type=int, default=0, help="tokenising processes (default data.num_workers)")
     pr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")

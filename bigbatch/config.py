@@ -22,7 +22,7 @@ import yaml
 
 from bigbatch.errors import UserError
 
-Task = Literal["lm", "classify", "translate"]
+Task = Literal["lm", "classify", "translate", "vision"]
 
 
 @dataclass
@@ -65,10 +65,22 @@ class ModelConfig:
     """Classifier pooling: mean over non-pad tokens, or the first token."""
     pad_id: Optional[int] = None
     """Padding token id (source masks of seq2seq models); None = no padding."""
+    image_size: int = 0
+    """vision: images are resized (shorter side) and centre-cropped to image_size x image_size pixels when the
+    data is prepared; 0 = the builtin's own size (fashion-mnist 28, digits 8), 32 for an image folder."""
+    channels: int = 0
+    """vision: 1 (grey) or 3 (RGB); 0 = the builtin's (1), 3 for an image folder."""
+    patch_size: int = 0
+    """vision: side of the square patches a ViT cuts the image into (it must divide image_size); 0 = the
+    divisor of image_size nearest image_size / 7, at least 2 (28 -> 4, 32 -> 4, 8 -> 2)."""
 
     def __post_init__(self):
         _positive(self, "d_model", "n_heads", "n_layers", "max_len")
-        _non_negative(self, "vocab_size", "num_classes")
+        _non_negative(self, "vocab_size", "num_classes", "image_size", "patch_size")
+        if self.channels not in (0, 1, 3):
+            raise UserError(f"model.channels={_show(self.channels)} is invalid: expected 1 (grey), 3 (RGB) or 0 (auto)")
+        if self.patch_size and self.image_size and self.image_size % self.patch_size:
+            raise UserError(f"model.patch_size={self.patch_size} does not divide model.image_size={self.image_size}")
         _fraction(self, "dropout")
         if self.d_model is None or self.n_heads is None:
             return  # resolved later (train/defaults.py), then checked again
@@ -117,6 +129,10 @@ class DataConfig:
     """JSONL key / column holding the target sentence (translation)."""
     seq_len: int = 256
     """Tokens per training row of a language model (the context length)."""
+    augment: Literal["auto", "none", "crop", "crop_flip"] = "auto"
+    """vision, training batches only: random crop of the image padded by image_size / 8 pixels (crop), and a
+    random horizontal flip too (crop_flip); auto = crop_flip for fashion-mnist and image folders, crop for
+    digits (a mirrored digit is another shape). Evaluation never augments."""
 
     def __post_init__(self):
         _positive(self, "seq_len", "shard_tokens", "tokenizer_sample_mb")
@@ -270,7 +286,7 @@ class OptimConfig:
 @dataclass
 class Config:
     task: Task = "lm"
-    """lm (next-token prediction), classify, or translate."""
+    """lm (next-token prediction), classify, translate, or vision (ViT image classification)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -282,7 +298,8 @@ class Config:
                 and self.optim.warmup_steps >= self.train.max_steps):
             raise UserError(f"optim.warmup_steps={self.optim.warmup_steps} must be smaller than "
                             f"train.max_steps={self.train.max_steps}")
-        allowed = {"classify": ("auto", "loss", "accuracy", "macro_f1"), "translate": ("auto", "loss", "bleu")}
+        allowed = {"classify": ("auto", "loss", "accuracy", "macro_f1"), "vision": ("auto", "loss", "accuracy", "macro_f1"),
+                   "translate": ("auto", "loss", "bleu")}
         if self.train.best_metric not in allowed.get(self.task, ("auto", "loss")):
             raise UserError(f"train.best_metric={self.train.best_metric} does not apply to task={self.task}; expected "
                             f"one of {', '.join(allowed.get(self.task, ('auto', 'loss')))}")

@@ -47,11 +47,19 @@ def translate_objective(model, batch: dict, label_smoothing: float = 0.0) -> tup
 def classify_objective(model, batch: dict, label_smoothing: float = 0.0) -> tuple[Tensor, Tensor, dict]:
     """Sequence classification: input_ids (B, T), attention_mask (B, T), labels (B,). One target per example.
     logs: "pred" (B,) the predicted classes, "correct" their count of hits."""
-    logits = model(batch["input_ids"], batch.get("attention_mask"))
-    loss_sum = F.cross_entropy(logits.float(), batch["labels"], reduction="sum", label_smoothing=label_smoothing)
+    return _class_loss(model(batch["input_ids"], batch.get("attention_mask")), batch["labels"], label_smoothing)
+
+
+def vision_objective(model, batch: dict, label_smoothing: float = 0.0) -> tuple[Tensor, Tensor, dict]:
+    """Image classification: pixels (B, H, W, C), labels (B,). Same sums and logs as classify_objective."""
+    return _class_loss(model(batch["pixels"]), batch["labels"], label_smoothing)
+
+
+def _class_loss(logits: Tensor, labels: Tensor, label_smoothing: float) -> tuple[Tensor, Tensor, dict]:
+    loss_sum = F.cross_entropy(logits.float(), labels, reduction="sum", label_smoothing=label_smoothing)
     pred = logits.detach().argmax(dim=-1)
-    return loss_sum, batch["labels"].new_tensor(batch["labels"].numel()), {"pred": pred,
-                                                                           "correct": (pred == batch["labels"]).sum()}
+    return loss_sum, labels.new_tensor(labels.numel()), {"pred": pred, "correct": (pred == labels).sum()}
 
 
-OBJECTIVES = {"lm": lm_objective, "translate": translate_objective, "classify": classify_objective}
+OBJECTIVES = {"lm": lm_objective, "translate": translate_objective, "classify": classify_objective,
+              "vision": vision_objective}

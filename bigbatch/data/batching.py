@@ -24,7 +24,7 @@ class ExampleLoader:
 
     def __init__(self, shards: ShardSet, task: str, max_len: int, max_tokens: int | None = None,
                  batch_size: int | None = None, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 shuffle: bool = True, window: int = 4096, special_ids: dict | None = None):
+                 shuffle: bool = True, window: int = 4096, special_ids: dict | None = None, augment: str = "none"):
         if not max_tokens and not batch_size:
             raise UserError("give train.micro_batch_tokens (a token budget) or train.micro_batch_size")
         self.shards, self.task, self.max_len = shards, task, max_len
@@ -33,6 +33,9 @@ class ExampleLoader:
         ids = special_ids or shards.manifest["special_ids"]
         self.pad_id, self.bos_id, self.eos_id = ids["pad"], ids["bos"], ids["eos"]
         self.fingerprint = shards.fingerprint
+        self.image, self.augment = shards.manifest.get("image"), augment  # vision: {"size", "channels"}
+        if task == "vision" and not self.image:
+            raise UserError(f"{shards.dir}: these shards hold no images (prepared for task={shards.manifest.get('task')})")
         if max_tokens and max_tokens < self._pad(max_len + 1):
             raise UserError(f"train.micro_batch_tokens={max_tokens} cannot hold one example of the longest length "
                             f"{max_len} (padded {self._pad(max_len + 1)}); raise it or lower model.max_len")
@@ -119,6 +122,8 @@ class ExampleLoader:
         rows = s.index[np.sort(ids)]
         if self.task == "translate":
             return self._translate_batch(s, rows)
+        if self.task == "vision":
+            return self._image_batch(shard, s, rows)
         seqs = [s.read(r["offset"], r["offset"] + min(r["length"], self.max_len)) for r in rows]
         width = self._pad(max(len(x) for x in seqs))
         input_ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
@@ -151,6 +156,21 @@ class ExampleLoader:
         self._count(int(src_len.sum() + tgt_len.sum()), src_ids.numel() + tgt_ids.numel())
         return {"src_ids": src_ids, "src_mask": src_mask, "tgt_ids": tgt_ids, "tgt_mask": tgt_mask,
                 "n_targets": int((tgt_len - 1).sum())}
+
+    def _image_batch(self, shard: int, s, rows) -> dict:
+        """{"pixels": (B, H, W, C) uint8, "labels"}; training batches augmented with a generator drawn from
+        (seed, epoch, shard, first example), so a resumed run sees the same crops and flips."""
+        from bigbatch.data.images import augment_batch
+
+        size, channels = self.image["size"], self.image["channels"]
+        n = size * size * channels
+        pixels = np.stack([s.read(r["offset"], r["offset"] + n) for r in rows]).reshape(len(rows), size, size, channels)
+        if self.augment != "none":
+            rng = _rng(self.seed, getattr(self, "batch_epoch", self.epoch), shard, int(rows["offset"][0]) // n, 8191)
+            pixels = augment_batch(pixels, rng, self.augment)
+        return {"pixels": torch.from_numpy(np.ascontiguousarray(pixels)),
+                "labels": torch.from_numpy(rows["label"].astype(np.int64)), "n_targets": len(rows),
+                "input_tokens": len(rows) * self.max_len}  # max_len: the ViT's patches (+ class token)
 
     def _count(self, real: int, total: int) -> None:
         self.tokens_seen += total

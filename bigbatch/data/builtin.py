@@ -161,9 +161,9 @@ def gettext_pairs(task: str, lang: str = "de") -> Iterator[tuple[str, dict]]:
 
 def _parse(name: str) -> tuple[str, str | None]:
     base, _, arg = name.partition(":")
-    if base not in ("python-stdlib", "gettext", "debian-descriptions"):
+    if base not in ("python-stdlib", "gettext", "debian-descriptions", "fashion-mnist", "digits"):
         raise UserError(f"data.source=builtin:{name} is unknown: expected builtin:python-stdlib, "
-                        "builtin:gettext[:LANG] or builtin:debian-descriptions")
+                        "builtin:gettext[:LANG], builtin:debian-descriptions, builtin:fashion-mnist or builtin:digits")
     return base, arg or None
 
 
@@ -176,12 +176,18 @@ def builtin_records(name: str, task: str) -> Iterator[tuple[str, dict]]:
         from bigbatch.data.debian import debian_descriptions
 
         return debian_descriptions(task)
+    if base in ("fashion-mnist", "digits"):
+        from bigbatch.data import images
+
+        return images.fashion_mnist(task) if base == "fashion-mnist" else images.digits(task)
     return gettext_pairs(task, arg or "de")
 
 
 def builtin_bytes(name: str) -> int:
     """About how many bytes of text builtin:NAME holds (sizes of the files it reads; no parsing)."""
     base, arg = _parse(name)
+    if base in ("fashion-mnist", "digits"):
+        return 0  # images: no text to size a vocabulary by
     if base == "debian-descriptions":
         from bigbatch.data.debian import index_files
 
@@ -197,5 +203,9 @@ def builtin_fingerprint(name: str) -> list:
         from bigbatch.data.debian import fingerprint
 
         return [name, fingerprint()]
+    if base in ("fashion-mnist", "digits"):
+        from bigbatch.data import images
+
+        return [name, images.fashion_mnist_fingerprint() if base == "fashion-mnist" else images.digits_fingerprint()]
     files = _stdlib_files()[1] if base == "python-stdlib" else _mo_files(arg or "de")
     return [name, fingerprint_files(files)]

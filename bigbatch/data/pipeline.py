@@ -55,6 +55,10 @@ def resolve_before_data(cfg: Config) -> tuple[Config, list[str]]:
     """data.tokenizer and data.vocab_size (they are part of the shards' fingerprint)."""
     notes = []
     d = cfg.data
+    if cfg.task == "vision":
+        return _resolve_images(cfg)
+    if d.tokenizer == "pixels":
+        raise UserError(f"data.tokenizer=pixels is for task=vision (images), not task={cfg.task}")
     if d.tokenizer == "auto":  # bytes only when asked: BPE won on code too (1.56 vs 1.90 bits/byte, docs/quality.md)
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, tokenizer="bpe"))
         notes.append(f"data.tokenizer=bpe (task {cfg.task}: subwords trained on the training split)")
@@ -69,6 +73,34 @@ def resolve_before_data(cfg: Config) -> tuple[Config, list[str]]:
     return cfg, notes
 
 
+def _resolve_images(cfg: Config) -> tuple[Config, list[str]]:
+    """task=vision: pixels as tokens, and the image size / channels / augmentation the shards are made with."""
+    from bigbatch.data.images import BUILTIN_IMAGES
+
+    d, m, notes = cfg.data, cfg.model, []
+    if d.tokenizer not in ("auto", "pixels"):
+        raise UserError(f"data.tokenizer={d.tokenizer}: task=vision reads pixels (leave data.tokenizer unset or pixels)")
+    name = d.source[len("builtin:"):] if d.source.startswith("builtin:") else None
+    if name is not None and name not in BUILTIN_IMAGES:
+        raise UserError(f"data.source={d.source} is not an image data set; task=vision reads builtin:fashion-mnist, "
+                        "builtin:digits or a folder of images (one sub-folder per class)")
+    size, channels, augment = BUILTIN_IMAGES[name] if name else (32, 3, "crop_flip")
+    model = {}
+    if not m.image_size:
+        model["image_size"] = size
+        notes.append(f"model.image_size={size}" + ("" if name else " (images resized on the shorter side, centre-cropped)"))
+    if not m.channels:
+        model["channels"] = channels
+        notes.append(f"model.channels={channels}")
+    data = {"tokenizer": "pixels", "vocab_size": 256}
+    if d.augment == "auto":
+        data["augment"] = augment
+        notes.append(f"data.augment={augment}" + ("" if augment == "crop_flip" else " (no flips: a mirrored digit is "
+                                                                                   "another shape)"))
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(d, **data), model=dataclasses.replace(m, **model))
+    return cfg, notes
+
+
 def prepare_spec(cfg: Config) -> PrepareSpec:
     """What to prepare for ``cfg`` (an unset tokenizer / vocabulary resolved first: resolve_before_data)."""
     cfg = resolve_before_data(cfg)[0]
@@ -77,7 +109,8 @@ def prepare_spec(cfg: Config) -> PrepareSpec:
                     text_per_line=d.text_per_line, skip_bad_rows=d.skip_bad_rows)
     return PrepareSpec(source=d.source, task=cfg.task, valid_source=d.valid_source, test_source=d.test_source,
                        tokenizer=d.tokenizer, vocab_size=d.vocab_size, fields=fields, shard_tokens=d.shard_tokens,
-                       workers=max(d.num_workers, 1), tokenizer_sample_mb=d.tokenizer_sample_mb)
+                       workers=max(d.num_workers, 1), tokenizer_sample_mb=d.tokenizer_sample_mb,
+                       image_size=cfg.model.image_size, channels=cfg.model.channels)
 
 
 def shard_dir_for(cfg: Config, progress: bool = True, preparer: bool = True) -> Path:
@@ -99,6 +132,10 @@ def shard_dir_for(cfg: Config, progress: bool = True, preparer: bool = True) -> 
 def tokenizer_of(directory: Path, kind: str | None = None):
     """The tokenizer saved beside shards or in a run directory: tokenizer.json, or bytes where ``kind`` is
     byte (or not known). A trained tokenizer that is missing is an error, never bytes in its place."""
+    if kind == "pixels":
+        from bigbatch.data.images import PixelTokenizer
+
+        return PixelTokenizer()
     path = Path(directory) / "tokenizer.json"
     if not path.exists():
         if kind not in (None, "byte"):
@@ -131,7 +168,9 @@ class TaskData:
             return PackedLMLoader(shards, cfg.data.seq_len, self.micro, seed, self.rank, self.world_size, shuffle,
                                   cfg.data.document_mask, self.tokenizer.eos_id)
         tokens, size = (self.micro, None) if cfg.train.micro_batch_tokens else (None, self.micro)
-        return ExampleLoader(shards, cfg.task, cfg.model.max_len, tokens, size, seed, self.rank, self.world_size, shuffle)
+        augment = cfg.data.augment if shuffle and cfg.task == "vision" else "none"  # training batches only
+        return ExampleLoader(shards, cfg.task, cfg.model.max_len, tokens, size, seed, self.rank, self.world_size, shuffle,
+                             augment=augment)
 
     def assets(self) -> dict[str, bytes]:
         """What a checkpoint carries so it stands alone: tokenizer.json (when not bytes), labels.json."""
@@ -163,6 +202,6 @@ def build_data(cfg: Config, micro: int, rank: int = 0, world_size: int = 1, prog
     tokenizer = tokenizer_of(shard_dir, manifest["tokenizer"]["kind"])
     data = TaskData(cfg, shard_dir, manifest, tokenizer, None, micro, rank, world_size)
     data.train = data.loader("train", shuffle=True, seed=cfg.train.seed)
-    if cfg.task != "lm":
+    if cfg.task not in ("lm", "vision"):  # images are all the same size
         data.train.check_bucketing()
     return data

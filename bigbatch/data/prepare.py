@@ -32,7 +32,7 @@ from typing import Iterator
 import numpy as np
 from tqdm import tqdm
 
-from bigbatch.data import sources
+from bigbatch.data import images, sources
 from bigbatch.data.builtin import builtin_fingerprint, builtin_records, split_of
 from bigbatch.data.shards import (FORMAT, check_sizes, read_manifest, token_dtype, verify_shards, write_atomic,
                                   write_shard)
@@ -57,6 +57,11 @@ class PrepareSpec:
     shard_tokens: int = 16_000_000
     workers: int = 2
     tokenizer_sample_mb: float = 20.0
+    image_size: int = 0  # vision: every image is stored as image_size x image_size x channels pixels
+    channels: int = 0
+
+
+LABELLED = ("classify", "vision")  # tasks whose records carry a class label
 
 
 def cache_root() -> Path:
@@ -85,6 +90,8 @@ def fingerprint(spec: PrepareSpec) -> str:
         except OSError:  # unreadable, or a name too long: loading it says so in one line
             parts["tokenizer"] = spec.tokenizer
     parts["fields"].pop("skip_bad_rows")
+    if spec.task == "vision":
+        parts["image"] = [spec.image_size, spec.channels]
     if spec.task == "lm" and not spec.fields.text_per_line and not all(
             s is None or s.startswith("builtin:") for s in (spec.source, spec.valid_source, spec.test_source)):
         parts["text_block_bytes"] = sources.TEXT_BLOCK_BYTES  # where a large text file is cut into documents
@@ -95,7 +102,13 @@ def _records(source: str, split: str | None, spec: PrepareSpec, bad: BadRows) ->
     """(split, record) of one source; ``split`` fixed for an explicit valid/test source."""
     if source.startswith("builtin:"):
         for key, record in builtin_records(source[len("builtin:"):], spec.task):
-            yield split or split_of(key), record
+            fixed = record.pop(images.FIXED_SPLIT, None)
+            yield split or fixed or split_of(key), record
+        return
+    if spec.task == "vision":
+        for key, record in images.image_folder(source, spec.fields.skip_bad_rows, bad):
+            fixed = record.pop(images.FIXED_SPLIT, None)
+            yield split or fixed or split_of(key), record
         return
     for path in expand(source):
         dict_splits = _dataset_dict_splits(path)
@@ -185,6 +198,11 @@ def _only_split(source: str, fixed: str) -> str | None:
 def _build_tokenizer(spec: PrepareSpec, out: Path):
     if spec.tokenizer == "byte":
         return ByteTokenizer(), None
+    if spec.task == "vision" or spec.tokenizer == "pixels":
+        if spec.task != "vision" or spec.tokenizer != "pixels":
+            raise UserError(f"data.tokenizer={spec.tokenizer} with task={spec.task}: images are read as pixels "
+                            "(data.tokenizer=pixels, task=vision) and text is not")
+        return images.PixelTokenizer(), None
     if spec.tokenizer not in ("bpe", "unigram"):
         tok = load_tokenizer_file(spec.tokenizer)
         tok.save(out)
@@ -221,9 +239,12 @@ def _build_tokenizer(spec: PrepareSpec, out: Path):
 _WORKER: dict = {}
 
 
-def _init_worker(tokenizer_path: str | None, dtype: str) -> None:
+def _init_worker(tokenizer_path: str | None, dtype: str, image: tuple[int, int] | None = None) -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    _WORKER["tok"] = ByteTokenizer() if tokenizer_path is None else load_tokenizer_file(tokenizer_path)
+    if image is not None:
+        _WORKER["tok"], _WORKER["image"] = images.PixelTokenizer(), image
+    else:
+        _WORKER["tok"] = ByteTokenizer() if tokenizer_path is None else load_tokenizer_file(tokenizer_path)
     _WORKER["dtype"] = np.dtype(dtype)
 
 
@@ -253,10 +274,19 @@ def _tokenize_group(args) -> tuple[dict, int, int]:
     """
     task, group = args
     tok = _WORKER["tok"]
-    parts, chars = {}, 0
+    parts, chars, failed = {}, 0, []
     for split in ("train", "valid", "test"):
         records = [r for s, r in group if s == split]
+        if task == "vision":
+            records, failed = _decode_images(records, failed)
         if not records:
+            continue
+        if task == "vision":
+            tokens = np.concatenate([r["pixels"].reshape(-1) for r in records])
+            src_len = np.full(len(records), records[0]["pixels"].size, dtype=np.int32)
+            tgt_len = np.zeros(len(records), dtype=np.int32)
+            parts[split] = {"tokens": tokens, "length": src_len, "tgt_length": tgt_len,
+                            "labels": [r.get("label") for r in records], "n_bytes": src_len.astype(np.int64)}
             continue
         if task == "translate":
             src, src_len = _encode_flat([r["src"] for r in records])
@@ -274,7 +304,22 @@ def _tokenize_group(args) -> tuple[dict, int, int]:
         parts[split] = {"tokens": tokens, "length": src_len, "tgt_length": tgt_len,
                         "labels": [r.get("label") for r in records],
                         "n_bytes": np.fromiter((len(t.encode()) for t in texts), dtype=np.int64, count=len(texts))}
+    if failed:
+        parts["failed"] = failed
     return parts, chars, len(group)
+
+
+def _decode_images(records: list[dict], failed: list) -> tuple[list[dict], list]:
+    """Records with their pixels decoded and resized; those that cannot be decoded go to ``failed`` as
+    (file, why): the main process counts or reports them (data.skip_bad_rows)."""
+    size, channels = _WORKER["image"]
+    out = []
+    for r in records:
+        try:
+            out.append({"pixels": images.to_pixels(r, size, channels), "label": r.get("label")})
+        except ValueError as e:
+            failed.append((r.get("path", "image"), str(e)))
+    return out, failed
 
 
 class _Progress:
@@ -394,7 +439,8 @@ def _prepare_locked(spec: PrepareSpec, out: Path, fp: str, progress: bool) -> Pa
     dtype = token_dtype(tok.vocab_size)
     bad = BadRows()
     ctx = multiprocessing.get_context("fork")
-    init_args = (str(tok_path) if tok_path else None, dtype)
+    init_args = (str(tok_path) if tok_path else None, dtype,
+                 (spec.image_size, spec.channels) if spec.task == "vision" else None)
     pool = ctx.Pool(spec.workers, _init_worker, init_args) if spec.workers > 1 else None
     if pool is None:
         _init_worker(*init_args)
@@ -419,18 +465,23 @@ def _prepare_stream(spec, out, name, source, split, state, dtype, bad, pool, pro
     labels = {label: i for i, label in enumerate(state.state["labels"])}
     chunk: dict[str, list] = {"train": [], "valid": [], "test": []}
     chunk_tokens, done, start, tokens_total = 0, skip, time.time(), 0
-    total = None if source.startswith("builtin:") else sum(f.stat().st_size for f in expand(source) if f.is_file())
-    bar = tqdm(desc=f"prepare {name}", total=total, unit="B", unit_scale=True, disable=not progress, mininterval=1.0)
+    vision = spec.task == "vision"  # counted in images: their files' sizes say little about the work
+    total = None if source.startswith("builtin:") or vision else sum(f.stat().st_size for f in expand(source)
+                                                                      if f.is_file())
+    bar = tqdm(desc=f"prepare {name}", total=total, unit=" images" if vision else "B", unit_scale=not vision,
+               disable=not progress, mininterval=1.0)
     try:
         for parts, chars, n_records in results:
+            for where, why in parts.pop("failed", []):
+                bad.add(where, why, spec.fields.skip_bad_rows)
             for s, part in parts.items():
-                if spec.task == "classify":
+                if spec.task in LABELLED:
                     part["label"] = np.array([_label_id(str(x), labels, state.state, s) for x in part["labels"]],
                                              dtype=np.int32)
                 chunk[s].append(part)
                 chunk_tokens += len(part["tokens"])
                 tokens_total += len(part["tokens"])
-            bar.update(chars)
+            bar.update(n_records if vision else chars)
             done += n_records
             if chunk_tokens >= spec.shard_tokens:
                 _write_chunk(out, name, stream, chunk, dtype, state, done, bad)
@@ -490,7 +541,7 @@ def _finish(spec, out, fp, tok, dtype, state, bad) -> Path:
             if splits["valid"]["n_examples"] + splits["test"]["n_examples"] else ""
         raise UserError(f"data.source={spec.source[:200]!r}: no usable examples in the train split (empty, or every "
                         f"row was skipped: {bad.count} skipped{held})")
-    if spec.task == "classify":
+    if spec.task in LABELLED:
         train_labels = set(st["label_splits"]["train"])
         for split in ("valid", "test"):
             extra = sorted(st["labels"][i] for i in set(st["label_splits"][split]) - train_labels)
@@ -502,6 +553,8 @@ def _finish(spec, out, fp, tok, dtype, state, bad) -> Path:
                 "tokenizer": tok.describe(), "special_ids": {"pad": tok.pad_id, "bos": tok.bos_id, "eos": tok.eos_id},
                 "labels": st["labels"], "splits": splits, "skipped_rows": bad.count, "skipped_examples": bad.examples,
                 "sources": [spec.source, spec.valid_source, spec.test_source]}
+    if spec.task == "vision":
+        manifest["image"] = {"size": spec.image_size, "channels": spec.channels}
     write_atomic(out / "manifest.json", json.dumps(manifest, indent=1).encode())
     (out / "progress.json").unlink(missing_ok=True)
     if bad.count:

@@ -35,7 +35,9 @@ FORMAT = 1
 
 
 def token_dtype(vocab_size: int) -> str:
-    """uint16 where every id fits, else uint32."""
+    """uint8 for pixels (or a vocabulary of at most 256 ids), uint16 where every id fits, else uint32."""
+    if vocab_size <= 2**8:
+        return "uint8"
     if vocab_size <= 2**16:
         return "uint16"
     if vocab_size <= 2**32:

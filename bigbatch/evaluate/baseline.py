@@ -4,6 +4,7 @@
                and the majority class
     translate  copy the source; and a word-by-word dictionary (Dice coefficient of co-occurrence)
     lm         bits per byte of a byte unigram and of a byte n-gram (interpolated modified Kneser-Ney)
+    vision     logistic regression on the raw pixels (standardised) of the prepared images; and the majority class
 
 Memory does not grow with the data: the training split is sampled (seeded, uniform without
 replacement) down to a cap of examples or of text bytes, the evaluation split too; the result says
@@ -25,8 +26,9 @@ from bigbatch.errors import UserError
 
 # (examples, bytes of text) kept of a split, whichever is reached first; None = no cap. Classification's
 # features take about 50 bytes of memory per byte of text at their peak, the n-gram counts about 30.
-TRAIN_CAP = {"classify": (200_000, 40_000_000), "translate": (200_000, None), "lm": (None, 20_000_000)}
-EVAL_CAP = {"classify": (50_000, None), "translate": (50_000, None), "lm": (None, 2_000_000)}
+TRAIN_CAP = {"classify": (200_000, 40_000_000), "translate": (200_000, None), "lm": (None, 20_000_000),
+             "vision": (None, 200_000_000)}  # vision: bytes of pixels (x4 as float32 features)
+EVAL_CAP = {"classify": (50_000, None), "translate": (50_000, None), "lm": (None, 2_000_000), "vision": (50_000, None)}
 
 
 def baseline(cfg, split: str = "valid", max_train_examples: int | None = None, seed: int = 0,
@@ -45,6 +47,8 @@ def baseline(cfg, split: str = "valid", max_train_examples: int | None = None, s
     if max_train_examples is not None and max_train_examples < 1:
         raise UserError(f"max_train_examples={max_train_examples}: expected a number >= 1")
     start = time.time()
+    if cfg.task == "vision":
+        return {**vision_baseline(cfg, split, max_train_examples, seed, progress), "seconds": round(time.time() - start, 2)}
     task, spec = cfg.task, prepare_spec(cfg)
     if task == "classify":
         _sklearn()  # before reading any data
@@ -221,6 +225,77 @@ def classify_baseline(train_texts: list[str], train_labels: list[str], eval_text
     methods = {"tfidf_logreg": metrics(tfidf_logreg_predict(train_texts, train_labels, eval_texts)),
                "majority": {**metrics([majority] * len(eval_labels)), "label": majority}}
     return {"method": "tfidf_logreg", **methods["tfidf_logreg"], "methods": methods}
+
+
+# --------------------------------------------------------------------------- vision
+
+
+def _pixel_sample(shards, max_items: int | None, max_bytes: int | None, seed: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """(pixels (N, H*W*C) uint8, label ids (N,), images in the split): a seeded uniform sample within the caps,
+    read from the memory-mapped shards (only the sampled images are read)."""
+    n_total = shards.n_examples
+    per_image = max(int(shards.shards[0].index["length"][0]), 1) if shards.shards else 1
+    keep = n_total if max_items is None else min(n_total, max_items)
+    if max_bytes is not None:
+        keep = min(keep, max(max_bytes // per_image, 1))
+    chosen = np.sort(np.random.default_rng(seed).choice(n_total, size=keep, replace=False)) if keep < n_total \
+        else np.arange(n_total)
+    xs, ys, start = [], [], 0
+    for s in shards.shards:
+        local = chosen[(chosen >= start) & (chosen < start + s.n_examples)] - start
+        for r in s.index[local]:
+            xs.append(s.read(r["offset"], r["offset"] + r["length"]))
+        ys.append(s.index["label"][local])
+        start += s.n_examples
+    x = np.stack(xs) if xs else np.zeros((0, per_image), dtype=np.uint8)
+    return x, np.concatenate(ys) if ys else np.zeros(0, dtype=np.int32), n_total
+
+
+def vision_baseline(cfg, split: str, max_train_examples: int | None = None, seed: int = 0,
+                    progress: bool = False) -> dict:
+    """Logistic regression on the raw pixels (scaled to [0, 1], standardised per pixel), trained on a sample
+    of the prepared train split, and the majority class: accuracy and macro-F1 of each on ``split``."""
+    from bigbatch.data.pipeline import shard_dir_for
+    from bigbatch.data.shards import ShardSet
+    from bigbatch.evaluate.evaluate import classification_metrics
+
+    _sklearn()
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
+    shard_dir = shard_dir_for(cfg, progress=progress)
+    n_train, n_bytes = TRAIN_CAP["vision"]
+    train_x, train_y, train_total = _pixel_sample(ShardSet(shard_dir, "train"), max_train_examples or n_train, n_bytes, seed)
+    eval_x, eval_y, eval_total = _pixel_sample(ShardSet(shard_dir, split), EVAL_CAP["vision"][0], None, seed + 1)
+    if not len(train_x) or not len(eval_x):
+        raise UserError(f"data.source={cfg.data.source!r}: the {'train' if not len(train_x) else split} split has no images")
+    n_classes = int(max(train_y.max(), eval_y.max())) + 1
+    mean = train_x.mean(axis=0, dtype=np.float64).astype(np.float32)
+    std = np.maximum(train_x.std(axis=0, dtype=np.float64), 1.0).astype(np.float32)
+
+    def features(x: np.ndarray) -> np.ndarray:
+        return (x.astype(np.float32) - mean) / std
+
+    def metrics(predicted: np.ndarray) -> dict:
+        confusion = np.zeros((n_classes, n_classes), dtype=np.int64)
+        np.add.at(confusion, (eval_y, predicted), 1)
+        return classification_metrics(confusion)
+
+    methods = {}
+    if len(np.unique(train_y)) > 1:
+        model = LogisticRegression(C=0.1, max_iter=300, tol=1e-3)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            model.fit(features(train_x), train_y)
+        methods["pixels_logreg"] = metrics(model.predict(features(eval_x)))
+    majority = int(np.bincount(train_y).argmax())
+    methods["majority"] = {**metrics(np.full(len(eval_y), majority)), "label": majority}
+    best = "pixels_logreg" if "pixels_logreg" in methods else "majority"
+    return {"task": "vision", "split": split, "method": best, **{k: v for k, v in methods[best].items() if k != "label"},
+            "methods": methods, "train_examples": len(train_x), "eval_examples": len(eval_x),
+            "train_examples_total": train_total, "eval_examples_total": eval_total}
 
 
 # --------------------------------------------------------------------------- translate

@@ -43,7 +43,7 @@ def evaluate(model, task: str, batches, device, autocast=contextlib.nullcontext,
     was_training = model.training
     model.eval()
     loss_sum, n_targets, n_examples = 0.0, 0, 0
-    confusion = np.zeros((num_classes, num_classes), dtype=np.int64) if task == "classify" else None
+    confusion = np.zeros((num_classes, num_classes), dtype=np.int64) if get_task(task).labelled else None
     objective = get_task(task).objective
     stream = _lockstep(batches, dist, device) if lockstep else ((b, True) for b in batches)
     for batch, counts in stream:
@@ -71,6 +71,7 @@ def evaluate(model, task: str, batches, device, autocast=contextlib.nullcontext,
         out["bits_per_byte"] = loss / bytes_per_token / math.log(2)
     if confusion is not None:
         out.update(classification_metrics(confusion))
+        out["confusion"] = confusion.tolist()  # rows: true class, columns: predicted
     return out
 
 

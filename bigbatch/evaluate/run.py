@@ -67,6 +67,13 @@ def evaluate_run(path: str | Path, split: str = "valid", checkpoint: str = "best
                                     length_penalty=length_penalty, progress=progress)
         result.update(bleu=scores["bleu"], chrf=scores["chrf"], decoding=f"beam {beam}" if beam > 1 else "greedy")
     result.update(split=split, checkpoint=ckpt.name)
+    if "confusion" in result:  # classify / vision: the matrix as a picture, in the run's plots/
+        from bigbatch.evaluate.confusion import plot_confusion
+
+        run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt
+        out = plot_confusion(result["confusion"], data.labels, run_dir / "plots" / f"confusion-{split}.png",
+                             title=f"{split} ({ckpt.name})")
+        result["confusion_png"] = str(out)
     if baseline:
         try:
             result["baseline"] = baseline_cached(cfg, split, data.shard_dir, progress)

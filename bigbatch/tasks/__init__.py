@@ -7,12 +7,13 @@ from bigbatch.tasks.base import Task
 from bigbatch.tasks.classify import Classification
 from bigbatch.tasks.lm import LanguageModelling
 from bigbatch.tasks.translate import Translation
+from bigbatch.tasks.vision import Vision
 
-TASKS: dict[str, Task] = {t.name: t for t in (LanguageModelling(), Classification(), Translation())}
+TASKS: dict[str, Task] = {t.name: t for t in (LanguageModelling(), Classification(), Translation(), Vision())}
 
 
 def get_task(name: str) -> Task:
-    """The Task of ``name`` (lm, classify, translate)."""
+    """The Task of ``name`` (lm, classify, translate, vision)."""
     try:
         return TASKS[name]
     except KeyError:

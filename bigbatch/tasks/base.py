@@ -13,6 +13,7 @@ from torch import Tensor
 
 from bigbatch import objectives
 from bigbatch.config import Config, ModelConfig
+from bigbatch.errors import UserError
 
 
 class Task(ABC):
@@ -20,6 +21,7 @@ class Task(ABC):
     best_metrics: tuple[str, ...] = ("loss",)  # the first is train.best_metric=auto's choice
     output_vocab = True  # the model ends in a vocabulary-sized projection (its logits count in memory)
     decodes = False  # validation also scores decoded outputs (decoded_scores), on one rank
+    labelled = False  # one class label per example: accuracy, macro-F1 and a confusion matrix
 
     def objective(self, model, batch: dict, label_smoothing: float = 0.0) -> tuple[Tensor, Tensor, dict]:
         """(loss_sum, n_targets, logs) of one micro-batch; looked up at call time, so a test may replace it."""
@@ -40,6 +42,10 @@ class Task(ABC):
     def decoded_scores(self, model, batches, tokenizer, device) -> dict:
         """Metrics of the model's decoded outputs on ``batches``; none for a task that does not decode."""
         return {}
+
+    def predict(self, model, tokenizer, labels: list | None, item: str):
+        """What `bigbatch classify` prints for one input (a text, an image file): (label, probability)."""
+        raise UserError(f"task={self.name} does not classify inputs (bigbatch classify takes a classify or vision run)")
 
     def describe(self, result: dict, data, valid, summary: dict) -> str:
         """The task's metrics of an end-of-run validation ``result``, as a phrase after the loss (and any

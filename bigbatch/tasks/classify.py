@@ -12,12 +12,16 @@ class Classification(Task):
     name = "classify"
     best_metrics = ("accuracy", "macro_f1", "loss")
     output_vocab = False
+    labelled = True
 
     def input_tokens(self, batch: dict) -> int:
         return int(batch["attention_mask"].sum())
 
     def describe(self, result: dict, data, valid, summary: dict) -> str:
         return f", accuracy {result['accuracy']:.4f}, macro-F1 {result['macro_f1']:.4f}"
+
+    def predict(self, model, tokenizer, labels: list, item: str) -> tuple[object, float]:
+        return classify_text(model, tokenizer, labels, item)
 
     def worst_case_batch(self, cfg: Config, rows: int, device) -> dict:
         g = torch.Generator().manual_seed(0)

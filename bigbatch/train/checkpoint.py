@@ -460,6 +460,10 @@ def checkpoint_assets(ckpt: Path, config: Config):
     tok_file = next((d / "tokenizer.json" for d in places if (d / "tokenizer.json").exists()), None)
     if kind == "byte":
         tokenizer = ByteTokenizer()
+    elif kind == "pixels":
+        from bigbatch.data.images import PixelTokenizer
+
+        tokenizer = PixelTokenizer()
     elif tok_file is not None:
         tokenizer = load_tokenizer_file(tok_file)
         tokenizer.kind = kind if kind in ("bpe", "unigram") else tokenizer.kind
@@ -470,7 +474,7 @@ def checkpoint_assets(ckpt: Path, config: Config):
         raise UserError(f"{tok_file}: {tokenizer.vocab_size} ids, more than the model's vocab_size "
                         f"{config.model.vocab_size}; it is not this model's tokenizer")
     labels = None
-    if config.task == "classify":
+    if config.task in ("classify", "vision"):
         labels_file = next((d / "labels.json" for d in places if (d / "labels.json").exists()), None)
         if labels_file is None:
             raise UserError(f"{ckpt}: no labels.json (the class names); copy the run's labels.json into the "

@@ -45,6 +45,12 @@ CPU_EFFICIENCY = 0.25
 # dropout only for runs that see each example this many times or more: a budget-bound run underfits, and
 # dropout slows its learning (gettext:de, 600 s, 17 passes: no dropout 33.5 test BLEU, dropout 0.1 21.6)
 DROPOUT_PASSES = 20
+# vision (ViT from scratch): the largest row that sees each training image VISION_PASSES times in the
+# budget (small-image ViTs train for tens of epochs; random crops and flips make the repeats useful)
+VISION_TABLE = [(64, 4), (128, 4), (192, 6), (256, 6), (384, 8)]
+VISION_PASSES = 6
+VISION_EPOCHS = 20  # an image run bounded by nothing else
+VISION_BATCH = 256  # images per step (at most an eighth of the training split)
 
 
 def _replace(cfg: Config, section: str, **values) -> Config:
@@ -70,7 +76,7 @@ class DataStats:
     def from_shards(cls, shard_dir: Path, manifest: dict, task: str) -> "DataStats":
         train = manifest["splits"]["train"]
         p99 = 0
-        if task != "lm":
+        if task not in ("lm", "vision"):  # images are all the same size
             lengths = []
             step = max(1, train["n_examples"] // 20000)  # a strided sample of ~20k: O(1) memory on any size
             for meta in train["shards"]:
@@ -108,7 +114,7 @@ def estimate_tokens_per_s(peak_flops: float, d: int, layers: int, task: str, voc
         # too: 16 d^2 a layer) and the output projection; the tokens counted are both, half each
         weights = (12 * d * d * layers + 16 * d * d * layers + d * vocab) / 2
     else:
-        weights = _block_params(d, layers, task) + (d * vocab if task != "classify" else 0)  # output projection
+        weights = _block_params(d, layers, task) + (d * vocab if task not in ("classify", "vision") else 0)
     return CPU_EFFICIENCY * peak_flops / (6.0 * max(weights, 1))
 
 
@@ -125,6 +131,21 @@ def choose_model(task: str, budget_tokens: float | None, time_s: float | None, p
     return best
 
 
+def choose_vision_model(stats: DataStats, budget_tokens: float | None, time_s: float | None,
+                        peak_flops: float | None) -> tuple[int, int, float]:
+    """(d_model, n_layers, passes over the images) of the largest VISION_TABLE row that sees every training
+    image VISION_PASSES times within the budget (the smallest row when none does)."""
+    best = None
+    for d, layers in VISION_TABLE:
+        tokens = budget_tokens if budget_tokens is not None else math.inf
+        if time_s is not None and peak_flops:
+            tokens = min(tokens, time_s * estimate_tokens_per_s(peak_flops, d, layers, "vision", 0))
+        passes = tokens / max(stats.n_tokens, 1)
+        if best is None or passes >= VISION_PASSES:
+            best = (d, layers, passes)
+    return best
+
+
 def default_epochs(train_tokens: int) -> int:
     """Passes over the data when nothing else bounds the run: ~30M tokens in all, 1 to 50 epochs."""
     return int(min(max(math.ceil(3e7 / max(train_tokens, 1)), 1), 50))
@@ -137,7 +158,10 @@ def resolve_from_data(cfg: Config, stats: DataStats, world_size: int = 1,
     notes: list[str] = []
     _check_data(cfg, stats)
     t, m = cfg.train, cfg.model
-    if cfg.task != "lm" and m.max_len is None:
+    if cfg.task == "vision":
+        cfg, stats, image_notes = _resolve_image_model(cfg, stats)
+        notes += image_notes
+    elif cfg.task != "lm" and m.max_len is None:
         max_len = int(min(max(_round_up(stats.length_p99, 8), 16), 512))
         cfg = _replace(cfg, "model", max_len=max_len)
         notes.append(f"model.max_len={max_len} (99th percentile of training lengths {stats.length_p99})")
@@ -147,8 +171,12 @@ def resolve_from_data(cfg: Config, stats: DataStats, world_size: int = 1,
     notes += batch_notes
     bounded = any(x is not None for x in (t.max_steps, t.max_tokens, t.max_time_s, t.epochs))
     if t.epochs is None and not bounded:
-        cfg = _replace(cfg, "train", epochs=float(default_epochs(stats.n_tokens)))
-        notes.append(f"train.epochs={cfg.train.epochs:g} ({stats.n_tokens:,} training tokens)")
+        if cfg.task == "vision":
+            cfg = _replace(cfg, "train", epochs=float(VISION_EPOCHS))
+            notes.append(f"train.epochs={VISION_EPOCHS} ({stats.n_examples:,} training images)")
+        else:
+            cfg = _replace(cfg, "train", epochs=float(default_epochs(stats.n_tokens)))
+            notes.append(f"train.epochs={cfg.train.epochs:g} ({stats.n_tokens:,} training tokens)")
     _warn_batch_larger_than_data(cfg, stats)
     cfg, model_notes = _resolve_model(cfg, stats, peak_flops * world_size if peak_flops else None)
     notes += model_notes
@@ -156,8 +184,27 @@ def resolve_from_data(cfg: Config, stats: DataStats, world_size: int = 1,
     return cfg, notes + run_notes
 
 
+def _resolve_image_model(cfg: Config, stats: DataStats) -> tuple[Config, DataStats, list[str]]:
+    """vision: the patch size, and max_len = the encoder's tokens (patches + class token); the training
+    "tokens" are then images x that (what tokens/s, budgets and the model-size rule count)."""
+    from bigbatch.nn.models import default_patch
+
+    m, notes = cfg.model, []
+    patch = m.patch_size or default_patch(m.image_size)
+    if m.image_size % patch:
+        raise UserError(f"model.patch_size={patch} does not divide model.image_size={m.image_size}")
+    n_tokens = (m.image_size // patch) ** 2 + (m.pool == "cls")
+    if not m.patch_size:
+        notes.append(f"model.patch_size={patch} ({m.image_size // patch}x{m.image_size // patch} patches)")
+    if m.max_len is not None and m.max_len != n_tokens:
+        raise UserError(f"model.max_len={m.max_len}: a ViT of {m.image_size}-pixel images in {patch}-pixel patches "
+                        f"reads {n_tokens} tokens; leave model.max_len unset")
+    cfg = _replace(cfg, "model", patch_size=patch, max_len=n_tokens)
+    return cfg, dataclasses.replace(stats, n_tokens=stats.n_examples * n_tokens), notes
+
+
 def _check_data(cfg: Config, stats: DataStats) -> None:
-    if cfg.task == "classify" and stats.n_labels < 2:
+    if cfg.task in ("classify", "vision") and stats.n_labels < 2:
         raise UserError(f"data.source={cfg.data.source!r}: the label column '{cfg.data.label_field}' has "
                         f"{stats.n_labels} distinct value(s); classification needs at least 2")
     small = 50 if cfg.task != "lm" else 2
@@ -185,7 +232,14 @@ def _warn_batch_larger_than_data(cfg: Config, stats: DataStats) -> None:
 def _resolve_batch(cfg: Config, stats: DataStats, world_size: int) -> tuple[Config, list[str]]:
     """classify / translate: token budgets sized to the data (fairseq's --max-tokens style)."""
     t = cfg.train
-    if cfg.task == "lm" or t.micro_batch_tokens or t.micro_batch_size or t.global_batch_size:
+    if cfg.task == "vision" and not (t.global_batch_size or t.micro_batch_size):
+        if t.micro_batch_tokens or t.global_batch_tokens:
+            raise UserError("task=vision batches count images: set train.global_batch_size / micro_batch_size, "
+                            "not *_batch_tokens")
+        total = min(VISION_BATCH, max(2 ** int(math.log2(max(stats.n_examples // 8, 1))), 8))
+        total = _round_up(total, world_size)
+        return _replace(cfg, "train", global_batch_size=total), [f"train.global_batch_size={total} images"]
+    if cfg.task in ("lm", "vision") or t.micro_batch_tokens or t.micro_batch_size or t.global_batch_size:
         return cfg, []
     longest = _round_up(cfg.model.max_len + 1, 8)
     total = t.global_batch_tokens
@@ -224,7 +278,14 @@ def _resolve_model(cfg: Config, stats: DataStats, peak_flops: float | None) -> t
     m, t = cfg.model, cfg.train
     notes = []
     budget = _budget_tokens(cfg, stats)
-    if m.d_model is None or m.n_layers is None:
+    if (m.d_model is None or m.n_layers is None) and cfg.task == "vision":
+        d, layers, passes = choose_vision_model(stats, budget, t.max_time_s, peak_flops)
+        d, layers = m.d_model or d, m.n_layers or layers
+        cfg = _replace(cfg, "model", d_model=d, n_layers=layers)
+        notes.append(f"model.d_model={d}, model.n_layers={layers}" + (
+            f" (about {passes:.3g} passes over the training images in the budget; the largest ViT of "
+            f"{', '.join(f'{a}x{b}' for a, b in VISION_TABLE)} with >= {VISION_PASSES})" if math.isfinite(passes) else ""))
+    elif m.d_model is None or m.n_layers is None:
         d, layers, seen = choose_model(cfg.task, budget, t.max_time_s, peak_flops, stats.vocab_size)
         if m.d_model is not None:
             d = m.d_model
@@ -286,9 +347,12 @@ def _resolve_run(cfg: Config, stats: DataStats) -> tuple[Config, list[str]]:
     if t.label_smoothing is None:
         train["label_smoothing"] = 0.1 if cfg.task != "lm" else 0.0
         notes.append(f"train.label_smoothing={train['label_smoothing']:g}")
-    if t.eval_batches is None and cfg.task == "lm":  # classify / translate: a sample of train.eval_examples
+    if t.eval_batches is None and cfg.task == "lm":  # classify / translate / vision: a sample of train.eval_examples
         train["eval_batches"] = 20
-    if o.lr is None:
+    if o.lr is None and cfg.task == "vision":  # fashion-mnist, 128 x 4: train loss 1.57 at step 80 with 1e-3, 2.1 with 2.8e-3
+        optim["lr"] = float(f"{1e-3 * math.sqrt(128 / cfg.model.d_model):.2g}")
+        notes.append(f"optim.lr={optim['lr']:g} (ViT, d_model {cfg.model.d_model})")
+    elif o.lr is None:
         optim["lr"] = float(f"{2e-3 * math.sqrt(256 / cfg.model.d_model):.2g}")
         notes.append(f"optim.lr={optim['lr']:g} (d_model {cfg.model.d_model})")
     if o.schedule == "auto":

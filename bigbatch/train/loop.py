@@ -552,6 +552,7 @@ def _evaluate(ctx: _Context, state: dict, final: bool) -> dict:
             scores = ctx.task.decoded_scores(model, one_rank.eval_batches(max_examples=sample, seed=ctx.cfg.train.seed),
                                              ctx.data.tokenizer, ctx.device)
         result.update(ctx.dist.broadcast(scores))
+    result.pop("confusion", None)  # a matrix: for `bigbatch eval` and its PNG, not for every metrics row
     ctx.logger.log({"step": state["step"], "tokens": state["tokens"], "split": "valid", **result,
                     **({"full": True} if final else {})})
     return result

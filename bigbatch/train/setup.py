@@ -80,7 +80,7 @@ def resolve_config(cfg: Config, data: TaskData) -> Config:
         model = dataclasses.replace(model, vocab_size=tok.vocab_size)
     elif model.vocab_size < tok.vocab_size:
         raise UserError(f"model.vocab_size={model.vocab_size} is smaller than the tokenizer's {tok.vocab_size}")
-    if cfg.task == "classify":
+    if cfg.task in ("classify", "vision"):
         n = len(data.labels)
         if model.num_classes == 0:
             model = dataclasses.replace(model, num_classes=n)
