@@ -128,7 +128,7 @@ def cmd_translate(args) -> int:
 
 
 def cmd_classify(args) -> int:
-    """Texts (arguments or stdin lines) of a classify run; image files of a vision run."""
+    """Texts (arguments or stdin lines) of a classify run; image files of a vision run; WAV files of an audio run."""
     from bigbatch import load
     from bigbatch.tasks import get_task
     from bigbatch.train.checkpoint import checkpoint_assets, resolve_checkpoint
@@ -143,7 +143,7 @@ def cmd_classify(args) -> int:
         if args.json:
             print(json.dumps({"label": label, "p": round(p, 4)}))
         else:
-            print(f"{label}\t{p:.4f}\t{line}" if cfg.task == "vision" else f"{label}\t{line}")
+            print(f"{label}\t{p:.4f}\t{line}" if task.media else f"{label}\t{line}")
     return 0
 
 
@@ -153,7 +153,9 @@ def cmd_attention(args) -> int:
     from bigbatch.train.checkpoint import checkpoint_assets, resolve_checkpoint
 
     model, cfg = load(args.run, args.checkpoint)
-    tokenizer, _ = checkpoint_assets(resolve_checkpoint(args.run, args.checkpoint), cfg)
+    tokenizer, labels = checkpoint_assets(resolve_checkpoint(args.run, args.checkpoint), cfg)
+    if cfg.task == "vision":  # an image file: attention rollout over it
+        return _attention_image(args, model, labels)
     try:
         is_file = Path(args.input).is_file()
     except OSError:  # a text too long to be a file name
@@ -167,6 +169,22 @@ def cmd_attention(args) -> int:
     out = plot_attention(chosen, args.out, args.head)
     print(f"{out}: {chosen.stack} attention, layer {chosen.layer}, head {args.head}, "
           f"{len(chosen.queries)} x {len(chosen.keys)} tokens")
+    return 0
+
+
+def _attention_image(args, model, labels) -> int:
+    import torch
+
+    from bigbatch.data.images import load_image_file
+    from bigbatch.evaluate.attention_maps import attention_rollout, image_attention_maps, plot_rollout
+    from bigbatch.tasks.vision import classify_image
+
+    m = model.config
+    pixels = torch.from_numpy(load_image_file(args.input, m.image_size, m.channels))
+    rollout = attention_rollout(image_attention_maps(model, pixels), model.cls is not None)
+    label, p = classify_image(model, labels, args.input)
+    out = plot_rollout(pixels, rollout, model.grid, args.out, f"attention rollout: {label} ({p:.2f})")
+    print(f"{out}: attention rollout over {len(rollout)} patches of {args.input} (predicted {label}, p {p:.4f})")
     return 0
 
 
@@ -200,7 +218,7 @@ def cmd_prepare(args) -> int:
 
     sets = list(args.set)
     if args.source:
-        tokenizer = args.tokenizer or ("pixels" if args.task == "vision" else "byte")
+        tokenizer = args.tokenizer or {"vision": "pixels", "audio": "pcm16"}.get(args.task, "byte")
         sets += [f"data.source={args.source}", f"data.tokenizer={tokenizer}", f"task={args.task}"]
     if args.workers:
         sets.append(f"data.num_workers={args.workers}")
@@ -343,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--length-penalty", type=float, default=1.0, help="beam hypotheses score log p / length^this")
     tr.set_defaults(func=cmd_translate)
 
-    c = sub.add_parser("classify", help="classify TEXT arguments (or stdin lines) with a classify run, image files with a vision run")
+    c = sub.add_parser("classify", help="classify TEXT arguments (or stdin lines) with a classify run; image files (vision) or WAV files (audio)")
     c.add_argument("run")
     c.add_argument("--checkpoint", default="best", help="best (default), latest, or a checkpoint name")
     c.add_argument("text", nargs="*")
@@ -352,7 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     at = sub.add_parser("attention", help="draw a trained model's attention weights on an input as heatmaps")
     at.add_argument("run")
-    at.add_argument("input", help="the text (or a text file) to run the model on")
+    at.add_argument("input", help="the text (or a text file) to run the model on; an image file for a vision run "
+                    "(drawn as attention rollout over the image)")
     at.add_argument("--out", required=True, help="the PNG file to write")
     at.add_argument("--layer", type=int, default=0, help="layer number (negative counts from the last)")
     at.add_argument("--head", default="all", help="head number, or all (side by side)")
@@ -365,8 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("config", nargs="?", help="YAML config whose data section to prepare")
     pr.add_argument("--source", help="data source (instead of a config)")
     pr.add_argument("--tokenizer", default=None, help="byte (default), bpe, unigram, or a tokenizer.json / HF directory "
-                    "(task vision: pixels)")
-    pr.add_argument("--task", default="lm", choices=["lm", "classify", "translate", "vision"])
+                    "(task vision: pixels, audio: pcm16)")
+    pr.add_argument("--task", default="lm", choices=["lm", "classify", "translate", "vision", "audio"])
     pr.add_argument("--out", help="output directory (default: the cache, keyed by fingerprint)")
     pr.add_argument("--workers", type=int, default=0, help="tokenising processes (default data.num_workers)")
     pr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")

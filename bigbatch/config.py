@@ -22,7 +22,7 @@ import yaml
 
 from bigbatch.errors import UserError
 
-Task = Literal["lm", "classify", "translate", "vision"]
+Task = Literal["lm", "classify", "translate", "vision", "audio"]
 
 
 @dataclass
@@ -65,6 +65,9 @@ class ModelConfig:
     """Classifier pooling: mean over non-pad tokens, or the first token."""
     pad_id: Optional[int] = None
     """Padding token id (source masks of seq2seq models); None = no padding."""
+    arch: Literal["transformer", "lstm", "gru"] = "transformer"
+    """classify / translate: the Transformer, or a recurrent baseline of the same width (bigbatch.nn.rnn: a
+    bidirectional LSTM/GRU classifier; an LSTM/GRU encoder-decoder with attention)."""
     image_size: int = 0
     """vision: images are resized (shorter side) and centre-cropped to image_size x image_size pixels when the
     data is prepared; 0 = the builtin's own size (fashion-mnist 28, digits 8), 32 for an image folder."""
@@ -72,11 +75,27 @@ class ModelConfig:
     """vision: 1 (grey) or 3 (RGB); 0 = the builtin's (1), 3 for an image folder."""
     patch_size: int = 0
     """vision: side of the square patches a ViT cuts the image into (it must divide image_size); 0 = the
-    divisor of image_size nearest image_size / 7, at least 2 (28 -> 4, 32 -> 4, 8 -> 2)."""
+    divisor of image_size nearest image_size / 7, at least 2 (28 -> 4, 32 -> 4, 8 -> 2).
+    audio: mel bins per patch (it must divide n_mels); 0 = 16."""
+    patch_embed: Literal["linear", "conv"] = "linear"
+    """vision: linear = the ViT's patch embedding (a linear map of each flattened patch); conv = a
+    convolutional stem (Xiao et al. 2021, "Early convolutions help transformers see better"): log2(patch_size)
+    3x3 stride-2 convolutions with group norm (per example: accumulation stays exact) and ReLU, then a 1x1
+    to d_model, giving the same patch grid; patch_size must be a power of 2."""
+    sample_rate: int = 0
+    """audio: samples per second every clip is resampled to when the data is prepared; 0 = 16000."""
+    clip_seconds: float = 0.0
+    """audio: length of every clip (longer ones keep their loudest window, shorter ones are centred in
+    silence); 0 = 1.0."""
+    n_mels: int = 64
+    """audio: mel filters of the log-mel front end (25 ms windows every 10 ms)."""
+    patch_frames: int = 10
+    """audio: spectrogram frames (10 ms each) per patch."""
 
     def __post_init__(self):
         _positive(self, "d_model", "n_heads", "n_layers", "max_len")
-        _non_negative(self, "vocab_size", "num_classes", "image_size", "patch_size")
+        _non_negative(self, "vocab_size", "num_classes", "image_size", "patch_size", "sample_rate", "clip_seconds")
+        _positive(self, "n_mels", "patch_frames")
         if self.channels not in (0, 1, 3):
             raise UserError(f"model.channels={_show(self.channels)} is invalid: expected 1 (grey), 3 (RGB) or 0 (auto)")
         if self.patch_size and self.image_size and self.image_size % self.patch_size:
@@ -129,10 +148,11 @@ class DataConfig:
     """JSONL key / column holding the target sentence (translation)."""
     seq_len: int = 256
     """Tokens per training row of a language model (the context length)."""
-    augment: Literal["auto", "none", "crop", "crop_flip"] = "auto"
-    """vision, training batches only: random crop of the image padded by image_size / 8 pixels (crop), and a
-    random horizontal flip too (crop_flip); auto = crop_flip for fashion-mnist and image folders, crop for
-    digits (a mirrored digit is another shape). Evaluation never augments."""
+    augment: Literal["auto", "none", "crop", "crop_flip", "shift"] = "auto"
+    """Training batches only (evaluation never augments). vision: random crop of the image padded by
+    image_size / 8 pixels (crop), and a random horizontal flip too (crop_flip); auto = crop_flip for
+    fashion-mnist and image folders, crop for digits (a mirrored digit is another shape). audio: shift = a
+    random time shift of up to 100 ms and a gain of 0.5..1.5; auto = shift."""
 
     def __post_init__(self):
         _positive(self, "seq_len", "shard_tokens", "tokenizer_sample_mb")
@@ -286,7 +306,8 @@ class OptimConfig:
 @dataclass
 class Config:
     task: Task = "lm"
-    """lm (next-token prediction), classify, translate, or vision (ViT image classification)."""
+    """lm (next-token prediction), classify, translate, vision (ViT image classification), or audio
+    (spectrogram-patch Transformer classification of clips)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -299,10 +320,13 @@ class Config:
             raise UserError(f"optim.warmup_steps={self.optim.warmup_steps} must be smaller than "
                             f"train.max_steps={self.train.max_steps}")
         allowed = {"classify": ("auto", "loss", "accuracy", "macro_f1"), "vision": ("auto", "loss", "accuracy", "macro_f1"),
+                   "audio": ("auto", "loss", "accuracy", "macro_f1"),
                    "translate": ("auto", "loss", "bleu")}
         if self.train.best_metric not in allowed.get(self.task, ("auto", "loss")):
             raise UserError(f"train.best_metric={self.train.best_metric} does not apply to task={self.task}; expected "
                             f"one of {', '.join(allowed.get(self.task, ('auto', 'loss')))}")
+        if self.model.arch != "transformer" and self.task not in ("classify", "translate"):
+            raise UserError(f"model.arch={self.model.arch} is a baseline for task classify or translate, not task={self.task}")
         if self.task == "lm" and self.model.max_len and self.data.seq_len > self.model.max_len:  # before any data is prepared
             raise UserError(f"data.seq_len={self.data.seq_len} is longer than model.max_len={self.model.max_len}")
 

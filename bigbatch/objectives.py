@@ -55,6 +55,11 @@ def vision_objective(model, batch: dict, label_smoothing: float = 0.0) -> tuple[
     return _class_loss(model(batch["pixels"]), batch["labels"], label_smoothing)
 
 
+def audio_objective(model, batch: dict, label_smoothing: float = 0.0) -> tuple[Tensor, Tensor, dict]:
+    """Audio classification: waveform (B, N) int16, labels (B,)."""
+    return _class_loss(model(batch["waveform"]), batch["labels"], label_smoothing)
+
+
 def _class_loss(logits: Tensor, labels: Tensor, label_smoothing: float) -> tuple[Tensor, Tensor, dict]:
     loss_sum = F.cross_entropy(logits.float(), labels, reduction="sum", label_smoothing=label_smoothing)
     pred = logits.detach().argmax(dim=-1)
@@ -62,4 +67,4 @@ def _class_loss(logits: Tensor, labels: Tensor, label_smoothing: float) -> tuple
 
 
 OBJECTIVES = {"lm": lm_objective, "translate": translate_objective, "classify": classify_objective,
-              "vision": vision_objective}
+              "vision": vision_objective, "audio": audio_objective}

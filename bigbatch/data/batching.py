@@ -34,8 +34,10 @@ class ExampleLoader:
         self.pad_id, self.bos_id, self.eos_id = ids["pad"], ids["bos"], ids["eos"]
         self.fingerprint = shards.fingerprint
         self.image, self.augment = shards.manifest.get("image"), augment  # vision: {"size", "channels"}
-        if task == "vision" and not self.image:
-            raise UserError(f"{shards.dir}: these shards hold no images (prepared for task={shards.manifest.get('task')})")
+        self.audio = shards.manifest.get("audio")  # audio: {"sample_rate", "clip_samples"}
+        if task in ("vision", "audio") and not shards.manifest.get("image" if task == "vision" else "audio"):
+            raise UserError(f"{shards.dir}: these shards hold no {'images' if task == 'vision' else 'clips'} "
+                            f"(prepared for task={shards.manifest.get('task')})")
         if max_tokens and max_tokens < self._pad(max_len + 1):
             raise UserError(f"train.micro_batch_tokens={max_tokens} cannot hold one example of the longest length "
                             f"{max_len} (padded {self._pad(max_len + 1)}); raise it or lower model.max_len")
@@ -124,6 +126,8 @@ class ExampleLoader:
             return self._translate_batch(s, rows)
         if self.task == "vision":
             return self._image_batch(shard, s, rows)
+        if self.task == "audio":
+            return self._audio_batch(shard, s, rows)
         seqs = [s.read(r["offset"], r["offset"] + min(r["length"], self.max_len)) for r in rows]
         width = self._pad(max(len(x) for x in seqs))
         input_ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
@@ -171,6 +175,19 @@ class ExampleLoader:
         return {"pixels": torch.from_numpy(np.ascontiguousarray(pixels)),
                 "labels": torch.from_numpy(rows["label"].astype(np.int64)), "n_targets": len(rows),
                 "input_tokens": len(rows) * self.max_len}  # max_len: the ViT's patches (+ class token)
+
+    def _audio_batch(self, shard: int, s, rows) -> dict:
+        """{"waveform": (B, clip_samples) int16, "labels"}; training batches shifted in time (data.augment)."""
+        from bigbatch.data.audio import augment_shift
+
+        n = self.audio["clip_samples"]
+        stored = np.stack([s.read(r["offset"], r["offset"] + n) for r in rows])
+        waves = (stored.astype(np.int32) - 32768).astype(np.int16)
+        if self.augment == "shift":
+            rng = _rng(self.seed, getattr(self, "batch_epoch", self.epoch), shard, int(rows["offset"][0]) // n, 8191)
+            waves = augment_shift(waves, rng, self.audio["sample_rate"] // 10)
+        return {"waveform": torch.from_numpy(waves), "labels": torch.from_numpy(rows["label"].astype(np.int64)),
+                "n_targets": len(rows), "input_tokens": len(rows) * self.max_len}
 
     def _count(self, real: int, total: int) -> None:
         self.tokens_seen += total

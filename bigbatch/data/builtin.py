@@ -161,9 +161,10 @@ def gettext_pairs(task: str, lang: str = "de") -> Iterator[tuple[str, dict]]:
 
 def _parse(name: str) -> tuple[str, str | None]:
     base, _, arg = name.partition(":")
-    if base not in ("python-stdlib", "gettext", "debian-descriptions", "fashion-mnist", "digits"):
+    if base not in ("python-stdlib", "gettext", "debian-descriptions", "fashion-mnist", "digits", "spoken-digits"):
         raise UserError(f"data.source=builtin:{name} is unknown: expected builtin:python-stdlib, "
-                        "builtin:gettext[:LANG], builtin:debian-descriptions, builtin:fashion-mnist or builtin:digits")
+                        "builtin:gettext[:LANG], builtin:debian-descriptions, builtin:fashion-mnist, builtin:digits "
+                        "or builtin:spoken-digits")
     return base, arg or None
 
 
@@ -180,14 +181,18 @@ def builtin_records(name: str, task: str) -> Iterator[tuple[str, dict]]:
         from bigbatch.data import images
 
         return images.fashion_mnist(task) if base == "fashion-mnist" else images.digits(task)
+    if base == "spoken-digits":
+        from bigbatch.data.audio import spoken_digits
+
+        return spoken_digits(task)
     return gettext_pairs(task, arg or "de")
 
 
 def builtin_bytes(name: str) -> int:
     """About how many bytes of text builtin:NAME holds (sizes of the files it reads; no parsing)."""
     base, arg = _parse(name)
-    if base in ("fashion-mnist", "digits"):
-        return 0  # images: no text to size a vocabulary by
+    if base in ("fashion-mnist", "digits", "spoken-digits"):
+        return 0  # images, audio: no text to size a vocabulary by
     if base == "debian-descriptions":
         from bigbatch.data.debian import index_files
 
@@ -207,5 +212,9 @@ def builtin_fingerprint(name: str) -> list:
         from bigbatch.data import images
 
         return [name, images.fashion_mnist_fingerprint() if base == "fashion-mnist" else images.digits_fingerprint()]
+    if base == "spoken-digits":
+        from bigbatch.data.audio import spoken_digits_fingerprint
+
+        return [name, spoken_digits_fingerprint()]
     files = _stdlib_files()[1] if base == "python-stdlib" else _mo_files(arg or "de")
     return [name, fingerprint_files(files)]

@@ -57,8 +57,11 @@ def resolve_before_data(cfg: Config) -> tuple[Config, list[str]]:
     d = cfg.data
     if cfg.task == "vision":
         return _resolve_images(cfg)
-    if d.tokenizer == "pixels":
-        raise UserError(f"data.tokenizer=pixels is for task=vision (images), not task={cfg.task}")
+    if cfg.task == "audio":
+        return _resolve_audio(cfg)
+    if d.tokenizer in ("pixels", "pcm16"):
+        raise UserError(f"data.tokenizer={d.tokenizer} is for task={'vision' if d.tokenizer == 'pixels' else 'audio'}, "
+                        f"not task={cfg.task}")
     if d.tokenizer == "auto":  # bytes only when asked: BPE won on code too (1.56 vs 1.90 bits/byte, docs/quality.md)
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, tokenizer="bpe"))
         notes.append(f"data.tokenizer=bpe (task {cfg.task}: subwords trained on the training split)")
@@ -101,6 +104,34 @@ def _resolve_images(cfg: Config) -> tuple[Config, list[str]]:
     return cfg, notes
 
 
+def _resolve_audio(cfg: Config) -> tuple[Config, list[str]]:
+    """task=audio: 16-bit samples as tokens, the sample rate and clip length the shards are made with."""
+    d, m, notes = cfg.data, cfg.model, []
+    if d.tokenizer not in ("auto", "pcm16"):
+        raise UserError(f"data.tokenizer={d.tokenizer}: task=audio reads 16-bit samples (leave data.tokenizer unset)")
+    if d.source.startswith("builtin:") and d.source != "builtin:spoken-digits":
+        raise UserError(f"data.source={d.source} is not an audio data set; task=audio reads builtin:spoken-digits or "
+                        "a folder of .wav files (one sub-folder per class)")
+    if d.augment not in ("auto", "none", "shift"):
+        raise UserError(f"data.augment={d.augment} does not apply to audio: expected shift or none")
+    model = {}
+    if not m.sample_rate:
+        model["sample_rate"] = 16000
+        notes.append("model.sample_rate=16000")
+    if not m.clip_seconds:
+        model["clip_seconds"] = 1.0
+        notes.append("model.clip_seconds=1 (longer clips keep their loudest second)")
+    if not m.patch_size:
+        model["patch_size"] = 16 if m.n_mels % 16 == 0 else m.n_mels
+        notes.append(f"model.patch_size={model['patch_size']} mel bins x {m.patch_frames} frames")
+    data = {"tokenizer": "pcm16", "vocab_size": 65536}
+    if d.augment == "auto":
+        data["augment"] = "shift"
+        notes.append("data.augment=shift")
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(d, **data), model=dataclasses.replace(m, **model))
+    return cfg, notes
+
+
 def prepare_spec(cfg: Config) -> PrepareSpec:
     """What to prepare for ``cfg`` (an unset tokenizer / vocabulary resolved first: resolve_before_data)."""
     cfg = resolve_before_data(cfg)[0]
@@ -110,7 +141,8 @@ def prepare_spec(cfg: Config) -> PrepareSpec:
     return PrepareSpec(source=d.source, task=cfg.task, valid_source=d.valid_source, test_source=d.test_source,
                        tokenizer=d.tokenizer, vocab_size=d.vocab_size, fields=fields, shard_tokens=d.shard_tokens,
                        workers=max(d.num_workers, 1), tokenizer_sample_mb=d.tokenizer_sample_mb,
-                       image_size=cfg.model.image_size, channels=cfg.model.channels)
+                       image_size=cfg.model.image_size, channels=cfg.model.channels,
+                       sample_rate=cfg.model.sample_rate, clip_samples=int(cfg.model.clip_seconds * cfg.model.sample_rate))
 
 
 def shard_dir_for(cfg: Config, progress: bool = True, preparer: bool = True) -> Path:
@@ -136,6 +168,10 @@ def tokenizer_of(directory: Path, kind: str | None = None):
         from bigbatch.data.images import PixelTokenizer
 
         return PixelTokenizer()
+    if kind == "pcm16":
+        from bigbatch.data.audio import PCMTokenizer
+
+        return PCMTokenizer()
     path = Path(directory) / "tokenizer.json"
     if not path.exists():
         if kind not in (None, "byte"):
@@ -168,7 +204,7 @@ class TaskData:
             return PackedLMLoader(shards, cfg.data.seq_len, self.micro, seed, self.rank, self.world_size, shuffle,
                                   cfg.data.document_mask, self.tokenizer.eos_id)
         tokens, size = (self.micro, None) if cfg.train.micro_batch_tokens else (None, self.micro)
-        augment = cfg.data.augment if shuffle and cfg.task == "vision" else "none"  # training batches only
+        augment = cfg.data.augment if shuffle and cfg.task in ("vision", "audio") else "none"  # training batches only
         return ExampleLoader(shards, cfg.task, cfg.model.max_len, tokens, size, seed, self.rank, self.world_size, shuffle,
                              augment=augment)
 
@@ -202,6 +238,6 @@ def build_data(cfg: Config, micro: int, rank: int = 0, world_size: int = 1, prog
     tokenizer = tokenizer_of(shard_dir, manifest["tokenizer"]["kind"])
     data = TaskData(cfg, shard_dir, manifest, tokenizer, None, micro, rank, world_size)
     data.train = data.loader("train", shuffle=True, seed=cfg.train.seed)
-    if cfg.task not in ("lm", "vision"):  # images are all the same size
+    if cfg.task not in ("lm", "vision", "audio"):  # images and clips are all the same size
         data.train.check_bucketing()
     return data

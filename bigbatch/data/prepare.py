@@ -32,7 +32,7 @@ from typing import Iterator
 import numpy as np
 from tqdm import tqdm
 
-from bigbatch.data import images, sources
+from bigbatch.data import audio, images, sources
 from bigbatch.data.builtin import builtin_fingerprint, builtin_records, split_of
 from bigbatch.data.shards import (FORMAT, check_sizes, read_manifest, token_dtype, verify_shards, write_atomic,
                                   write_shard)
@@ -59,9 +59,12 @@ class PrepareSpec:
     tokenizer_sample_mb: float = 20.0
     image_size: int = 0  # vision: every image is stored as image_size x image_size x channels pixels
     channels: int = 0
+    sample_rate: int = 0  # audio: every clip is stored as clip_samples 16-bit samples at sample_rate
+    clip_samples: int = 0
 
 
-LABELLED = ("classify", "vision")  # tasks whose records carry a class label
+LABELLED = ("classify", "vision", "audio")  # tasks whose records carry a class label
+MEDIA = ("vision", "audio")  # tasks whose records are decoded (images, clips) rather than tokenised
 
 
 def cache_root() -> Path:
@@ -92,6 +95,8 @@ def fingerprint(spec: PrepareSpec) -> str:
     parts["fields"].pop("skip_bad_rows")
     if spec.task == "vision":
         parts["image"] = [spec.image_size, spec.channels]
+    if spec.task == "audio":
+        parts["audio"] = [spec.sample_rate, spec.clip_samples]
     if spec.task == "lm" and not spec.fields.text_per_line and not all(
             s is None or s.startswith("builtin:") for s in (spec.source, spec.valid_source, spec.test_source)):
         parts["text_block_bytes"] = sources.TEXT_BLOCK_BYTES  # where a large text file is cut into documents
@@ -105,8 +110,9 @@ def _records(source: str, split: str | None, spec: PrepareSpec, bad: BadRows) ->
             fixed = record.pop(images.FIXED_SPLIT, None)
             yield split or fixed or split_of(key), record
         return
-    if spec.task == "vision":
-        for key, record in images.image_folder(source, spec.fields.skip_bad_rows, bad):
+    if spec.task in MEDIA:
+        folder = images.image_folder if spec.task == "vision" else audio.wav_folder
+        for key, record in folder(source, spec.fields.skip_bad_rows, bad):
             fixed = record.pop(images.FIXED_SPLIT, None)
             yield split or fixed or split_of(key), record
         return
@@ -198,11 +204,12 @@ def _only_split(source: str, fixed: str) -> str | None:
 def _build_tokenizer(spec: PrepareSpec, out: Path):
     if spec.tokenizer == "byte":
         return ByteTokenizer(), None
-    if spec.task == "vision" or spec.tokenizer == "pixels":
-        if spec.task != "vision" or spec.tokenizer != "pixels":
+    media = {"vision": "pixels", "audio": "pcm16"}
+    if spec.task in media or spec.tokenizer in media.values():
+        if media.get(spec.task) != spec.tokenizer:
             raise UserError(f"data.tokenizer={spec.tokenizer} with task={spec.task}: images are read as pixels "
-                            "(data.tokenizer=pixels, task=vision) and text is not")
-        return images.PixelTokenizer(), None
+                            "(task=vision), audio as pcm16 samples (task=audio), text with a text tokenizer")
+        return (images.PixelTokenizer() if spec.task == "vision" else audio.PCMTokenizer()), None
     if spec.tokenizer not in ("bpe", "unigram"):
         tok = load_tokenizer_file(spec.tokenizer)
         tok.save(out)
@@ -239,10 +246,11 @@ def _build_tokenizer(spec: PrepareSpec, out: Path):
 _WORKER: dict = {}
 
 
-def _init_worker(tokenizer_path: str | None, dtype: str, image: tuple[int, int] | None = None) -> None:
+def _init_worker(tokenizer_path: str | None, dtype: str, media: tuple[str, int, int] | None = None) -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    if image is not None:
-        _WORKER["tok"], _WORKER["image"] = images.PixelTokenizer(), image
+    if media is not None:  # ("vision", image_size, channels) or ("audio", sample_rate, clip_samples)
+        _WORKER["tok"] = images.PixelTokenizer() if media[0] == "vision" else audio.PCMTokenizer()
+        _WORKER["media"] = media
     else:
         _WORKER["tok"] = ByteTokenizer() if tokenizer_path is None else load_tokenizer_file(tokenizer_path)
     _WORKER["dtype"] = np.dtype(dtype)
@@ -277,13 +285,13 @@ def _tokenize_group(args) -> tuple[dict, int, int]:
     parts, chars, failed = {}, 0, []
     for split in ("train", "valid", "test"):
         records = [r for s, r in group if s == split]
-        if task == "vision":
-            records, failed = _decode_images(records, failed)
+        if task in MEDIA:
+            records, failed = _decode_media(records, failed)
         if not records:
             continue
-        if task == "vision":
-            tokens = np.concatenate([r["pixels"].reshape(-1) for r in records])
-            src_len = np.full(len(records), records[0]["pixels"].size, dtype=np.int32)
+        if task in MEDIA:  # pixels, or samples + 32768 as uint16
+            tokens = np.concatenate([r["data"].reshape(-1) for r in records])
+            src_len = np.full(len(records), records[0]["data"].size, dtype=np.int32)
             tgt_len = np.zeros(len(records), dtype=np.int32)
             parts[split] = {"tokens": tokens, "length": src_len, "tgt_length": tgt_len,
                             "labels": [r.get("label") for r in records], "n_bytes": src_len.astype(np.int64)}
@@ -309,16 +317,21 @@ def _tokenize_group(args) -> tuple[dict, int, int]:
     return parts, chars, len(group)
 
 
-def _decode_images(records: list[dict], failed: list) -> tuple[list[dict], list]:
-    """Records with their pixels decoded and resized; those that cannot be decoded go to ``failed`` as
-    (file, why): the main process counts or reports them (data.skip_bad_rows)."""
-    size, channels = _WORKER["image"]
+def _decode_media(records: list[dict], failed: list) -> tuple[list[dict], list]:
+    """Records with their images (resized pixels) or clips (resampled, cut to length, as uint16) decoded;
+    those that cannot be go to ``failed`` as (file, why): the main process counts or reports them
+    (data.skip_bad_rows)."""
+    kind, a, b = _WORKER["media"]
     out = []
     for r in records:
         try:
-            out.append({"pixels": images.to_pixels(r, size, channels), "label": r.get("label")})
+            if kind == "vision":
+                data = images.to_pixels(r, a, b)
+            else:
+                data = (audio.to_clip(r, a, b).astype(np.int32) + 32768).astype(np.uint16)
+            out.append({"data": data, "label": r.get("label")})
         except ValueError as e:
-            failed.append((r.get("path", "image"), str(e)))
+            failed.append((r.get("path", kind), str(e)))
     return out, failed
 
 
@@ -439,8 +452,8 @@ def _prepare_locked(spec: PrepareSpec, out: Path, fp: str, progress: bool) -> Pa
     dtype = token_dtype(tok.vocab_size)
     bad = BadRows()
     ctx = multiprocessing.get_context("fork")
-    init_args = (str(tok_path) if tok_path else None, dtype,
-                 (spec.image_size, spec.channels) if spec.task == "vision" else None)
+    media = {"vision": ("vision", spec.image_size, spec.channels), "audio": ("audio", spec.sample_rate, spec.clip_samples)}
+    init_args = (str(tok_path) if tok_path else None, dtype, media.get(spec.task))
     pool = ctx.Pool(spec.workers, _init_worker, init_args) if spec.workers > 1 else None
     if pool is None:
         _init_worker(*init_args)
@@ -465,10 +478,11 @@ def _prepare_stream(spec, out, name, source, split, state, dtype, bad, pool, pro
     labels = {label: i for i, label in enumerate(state.state["labels"])}
     chunk: dict[str, list] = {"train": [], "valid": [], "test": []}
     chunk_tokens, done, start, tokens_total = 0, skip, time.time(), 0
-    vision = spec.task == "vision"  # counted in images: their files' sizes say little about the work
+    vision = spec.task in MEDIA  # counted in images / clips: their files' sizes say little about the work
     total = None if source.startswith("builtin:") or vision else sum(f.stat().st_size for f in expand(source)
                                                                       if f.is_file())
-    bar = tqdm(desc=f"prepare {name}", total=total, unit=" images" if vision else "B", unit_scale=not vision,
+    bar = tqdm(desc=f"prepare {name}", total=total, unit=f" {'images' if spec.task == 'vision' else 'clips'}"
+               if vision else "B", unit_scale=not vision,
                disable=not progress, mininterval=1.0)
     try:
         for parts, chars, n_records in results:
@@ -555,6 +569,8 @@ def _finish(spec, out, fp, tok, dtype, state, bad) -> Path:
                 "sources": [spec.source, spec.valid_source, spec.test_source]}
     if spec.task == "vision":
         manifest["image"] = {"size": spec.image_size, "channels": spec.channels}
+    if spec.task == "audio":
+        manifest["audio"] = {"sample_rate": spec.sample_rate, "clip_samples": spec.clip_samples}
     write_atomic(out / "manifest.json", json.dumps(manifest, indent=1).encode())
     (out / "progress.json").unlink(missing_ok=True)
     if bad.count:

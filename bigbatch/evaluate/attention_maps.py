@@ -139,3 +139,69 @@ def plot_attention(chosen: AttentionMap, out: str | Path, head: str = "all") -> 
     finally:
         plt.close(fig)
     return out
+
+
+# --------------------------------------------------------------------------- vision: attention rollout
+
+
+def image_attention_maps(model, pixels: Tensor) -> list[AttentionMap]:
+    """Every encoder layer's attention of a ViT on one image ``pixels`` (H, W, C); tokens are named by their
+    patch (row, column), "cls" for a class token."""
+    layers = _layers(model)
+    for _, _, attn in layers:
+        attn.record, attn.recorded = True, None
+    try:
+        with torch.no_grad():
+            model(pixels[None])
+        g = model.grid
+        names = (["cls"] if model.cls is not None else []) + [f"{r},{c}" for r in range(g) for c in range(g)]
+        return [AttentionMap(stack, i, attn.recorded[0].float(), names, names) for stack, i, attn in layers]
+    finally:
+        for _, _, attn in layers:
+            attn.record, attn.recorded = False, None
+
+
+def attention_rollout(maps: list[AttentionMap], has_cls: bool) -> Tensor:
+    """Attention rollout (Abnar & Zuidema 2020): each layer's head-averaged attention with the residual path
+    added (0.5 A + 0.5 I, rows renormalised), multiplied from the first layer to the last; the result's row
+    of the class token (or, with mean pooling, the mean of all rows: every token feeds the output) over the
+    patches, normalised to sum to 1 -> (n_patches,)."""
+    rollout = None
+    for m in maps:
+        a = m.weights.mean(dim=0)
+        a = 0.5 * a + 0.5 * torch.eye(a.size(0))
+        a = a / a.sum(dim=-1, keepdim=True)
+        rollout = a if rollout is None else a @ rollout
+    row = rollout[0, 1:] if has_cls else rollout.mean(dim=0)
+    return row / row.sum()
+
+
+def plot_rollout(pixels: Tensor, rollout: Tensor, grid: int, out: str | Path, title: str = "") -> Path:
+    """The image, and the image with the rollout (one value per patch, upsampled) laid over it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    image = pixels.numpy()
+    grey = image.shape[-1] == 1
+    heat = rollout.reshape(grid, grid).numpy()
+    fig, axes = plt.subplots(1, 2, figsize=(7.0, 3.6))
+    for ax in axes:
+        ax.imshow(image[..., 0] if grey else image, cmap="gray" if grey else None, vmin=0, vmax=255)
+        ax.axis("off")
+    h, w = image.shape[:2]
+    shown = axes[1].imshow(heat, cmap="inferno", alpha=0.55, extent=(-0.5, w - 0.5, h - 0.5, -0.5),
+                           interpolation="bilinear")
+    axes[0].set_title("input", fontsize=9)
+    axes[1].set_title(title or "attention rollout", fontsize=9)
+    fig.colorbar(shown, ax=axes[1], shrink=0.8)
+    out = Path(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, dpi=110, bbox_inches="tight")
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot write it ({e.strerror})") from None
+    finally:
+        plt.close(fig)
+    return out

@@ -5,6 +5,8 @@
     translate  copy the source; and a word-by-word dictionary (Dice coefficient of co-occurrence)
     lm         bits per byte of a byte unigram and of a byte n-gram (interpolated modified Kneser-Ney)
     vision     logistic regression on the raw pixels (standardised) of the prepared images; and the majority class
+    audio      logistic regression on the mean and standard deviation over time of 20 MFCCs (the DCT of the
+               log-mel spectrogram the model reads); and the majority class
 
 Memory does not grow with the data: the training split is sampled (seeded, uniform without
 replacement) down to a cap of examples or of text bytes, the evaluation split too; the result says
@@ -27,8 +29,9 @@ from bigbatch.errors import UserError
 # (examples, bytes of text) kept of a split, whichever is reached first; None = no cap. Classification's
 # features take about 50 bytes of memory per byte of text at their peak, the n-gram counts about 30.
 TRAIN_CAP = {"classify": (200_000, 40_000_000), "translate": (200_000, None), "lm": (None, 20_000_000),
-             "vision": (None, 200_000_000)}  # vision: bytes of pixels (x4 as float32 features)
-EVAL_CAP = {"classify": (50_000, None), "translate": (50_000, None), "lm": (None, 2_000_000), "vision": (50_000, None)}
+             "vision": (None, 200_000_000), "audio": (200_000, None)}  # vision: bytes of pixels (x4 as float32 features)
+EVAL_CAP = {"classify": (50_000, None), "translate": (50_000, None), "lm": (None, 2_000_000), "vision": (50_000, None),
+            "audio": (50_000, None)}
 
 
 def baseline(cfg, split: str = "valid", max_train_examples: int | None = None, seed: int = 0,
@@ -47,8 +50,8 @@ def baseline(cfg, split: str = "valid", max_train_examples: int | None = None, s
     if max_train_examples is not None and max_train_examples < 1:
         raise UserError(f"max_train_examples={max_train_examples}: expected a number >= 1")
     start = time.time()
-    if cfg.task == "vision":
-        return {**vision_baseline(cfg, split, max_train_examples, seed, progress), "seconds": round(time.time() - start, 2)}
+    if cfg.task in ("vision", "audio"):
+        return {**media_baseline(cfg, split, max_train_examples, seed, progress), "seconds": round(time.time() - start, 2)}
     task, spec = cfg.task, prepare_spec(cfg)
     if task == "classify":
         _sklearn()  # before reading any data
@@ -251,10 +254,31 @@ def _pixel_sample(shards, max_items: int | None, max_bytes: int | None, seed: in
     return x, np.concatenate(ys) if ys else np.zeros(0, dtype=np.int32), n_total
 
 
-def vision_baseline(cfg, split: str, max_train_examples: int | None = None, seed: int = 0,
-                    progress: bool = False) -> dict:
-    """Logistic regression on the raw pixels (scaled to [0, 1], standardised per pixel), trained on a sample
-    of the prepared train split, and the majority class: accuracy and macro-F1 of each on ``split``."""
+def mfcc_stats(stored: np.ndarray, sample_rate: int, n_mels: int, n_mfcc: int = 20) -> np.ndarray:
+    """Clips as stored (uint16 = sample + 32768) -> (N, 2 * n_mfcc) float32: mean and standard deviation
+    over time of the first ``n_mfcc`` MFCCs (orthonormal DCT-II of the log-mel of bigbatch.nn.audio.LogMel,
+    before its per-clip standardisation)."""
+    import torch
+    from scipy.fft import dct
+
+    from bigbatch.nn.audio import LogMel
+
+    frontend = LogMel(sample_rate, n_mels)
+    out = []
+    for i in range(0, len(stored), 512):
+        waves = torch.from_numpy((stored[i : i + 512].astype(np.int32) - 32768).astype(np.float32) / 32768.0)
+        spec = torch.stft(waves, frontend.n_fft, frontend.hop, window=frontend.window, center=True, return_complex=True)
+        logmel = torch.log(torch.einsum("bft,fm->bmt", spec.abs().square(), frontend.fb) + 1e-6).numpy()
+        mfcc = dct(logmel, type=2, norm="ortho", axis=1)[:, :n_mfcc]  # (B, n_mfcc, frames)
+        out.append(np.concatenate([mfcc.mean(axis=2), mfcc.std(axis=2)], axis=1).astype(np.float32))
+    return np.concatenate(out)
+
+
+def media_baseline(cfg, split: str, max_train_examples: int | None = None, seed: int = 0,
+                   progress: bool = False) -> dict:
+    """vision: logistic regression on the raw pixels (standardised per pixel); audio: on MFCC statistics
+    (mfcc_stats, standardised); trained on a sample of the prepared train split, beside the majority class:
+    accuracy and macro-F1 of each on ``split``."""
     from bigbatch.data.pipeline import shard_dir_for
     from bigbatch.data.shards import ShardSet
     from bigbatch.evaluate.evaluate import classification_metrics
@@ -266,14 +290,17 @@ def vision_baseline(cfg, split: str, max_train_examples: int | None = None, seed
     from sklearn.linear_model import LogisticRegression
 
     shard_dir = shard_dir_for(cfg, progress=progress)
-    n_train, n_bytes = TRAIN_CAP["vision"]
+    task = cfg.task
+    n_train, n_bytes = TRAIN_CAP[task]
     train_x, train_y, train_total = _pixel_sample(ShardSet(shard_dir, "train"), max_train_examples or n_train, n_bytes, seed)
-    eval_x, eval_y, eval_total = _pixel_sample(ShardSet(shard_dir, split), EVAL_CAP["vision"][0], None, seed + 1)
+    eval_x, eval_y, eval_total = _pixel_sample(ShardSet(shard_dir, split), EVAL_CAP[task][0], None, seed + 1)
     if not len(train_x) or not len(eval_x):
-        raise UserError(f"data.source={cfg.data.source!r}: the {'train' if not len(train_x) else split} split has no images")
+        raise UserError(f"data.source={cfg.data.source!r}: the {'train' if not len(train_x) else split} split has no examples")
+    if task == "audio":
+        train_x, eval_x = (mfcc_stats(x, cfg.model.sample_rate, cfg.model.n_mels) for x in (train_x, eval_x))
     n_classes = int(max(train_y.max(), eval_y.max())) + 1
     mean = train_x.mean(axis=0, dtype=np.float64).astype(np.float32)
-    std = np.maximum(train_x.std(axis=0, dtype=np.float64), 1.0).astype(np.float32)
+    std = np.maximum(train_x.std(axis=0, dtype=np.float64), 1.0 if task == "vision" else 1e-6).astype(np.float32)
 
     def features(x: np.ndarray) -> np.ndarray:
         return (x.astype(np.float32) - mean) / std
@@ -289,11 +316,11 @@ def vision_baseline(cfg, split: str, max_train_examples: int | None = None, seed
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             model.fit(features(train_x), train_y)
-        methods["pixels_logreg"] = metrics(model.predict(features(eval_x)))
+        methods["pixels_logreg" if task == "vision" else "mfcc_logreg"] = metrics(model.predict(features(eval_x)))
     majority = int(np.bincount(train_y).argmax())
     methods["majority"] = {**metrics(np.full(len(eval_y), majority)), "label": majority}
-    best = "pixels_logreg" if "pixels_logreg" in methods else "majority"
-    return {"task": "vision", "split": split, "method": best, **{k: v for k, v in methods[best].items() if k != "label"},
+    best = next(iter(methods))
+    return {"task": task, "split": split, "method": best, **{k: v for k, v in methods[best].items() if k != "label"},
             "methods": methods, "train_examples": len(train_x), "eval_examples": len(eval_x),
             "train_examples_total": train_total, "eval_examples_total": eval_total}
 

@@ -149,7 +149,60 @@ def default_patch(image_size: int) -> int:
     return min(divisors, key=lambda p: (abs(p - image_size / 7), p))
 
 
-class ViT(nn.Module):
+class PatchTransformer(nn.Module):
+    """The encoder of patches both ViT and the audio classifier share: a linear patch embedding, a class token
+    (pool=cls) or mean pooling, positions (learned table, fixed sinusoids, or rope inside attention), the
+    existing Encoder and a linear head. Subclasses cut their input into ``n_patches`` vectors of ``patch_dim``."""
+
+    def _build(self, cfg: ModelConfig, n_patches: int, patch_dim: int) -> None:
+        self.n_tokens = n_patches + (cfg.pool == "cls")
+        if cfg.max_len < self.n_tokens:  # the encoder's rotary table (pos=rope) covers every patch
+            cfg = dataclasses.replace(cfg, max_len=self.n_tokens)
+        self.patch = nn.Linear(patch_dim, cfg.d_model)
+        self.cls = nn.Parameter(torch.zeros(1, 1, cfg.d_model)) if cfg.pool == "cls" else None
+        if cfg.pos == "learned":
+            self.pos = nn.Parameter(torch.zeros(1, self.n_tokens, cfg.d_model))
+        elif cfg.pos == "sinusoidal":
+            self.register_buffer("pos", sinusoids(self.n_tokens, cfg.d_model)[None], persistent=False)
+        else:  # rope: positions inside attention
+            self.pos = None
+        self.dropout = Dropout(cfg.dropout)
+        self.encoder = Encoder(cfg, cfg.n_layers)
+        self.head = nn.Linear(cfg.d_model, cfg.num_classes)
+        init_weights(self, cfg.n_layers)
+        if self.cls is not None:
+            nn.init.normal_(self.cls, std=0.02)
+
+    def classify_patches(self, patches: Tensor) -> Tensor:
+        """(B, n_patches, patch_dim) -> logits (B, num_classes)."""
+        x = self.patch(patches)
+        if self.cls is not None:
+            x = torch.cat([self.cls.expand(x.size(0), -1, -1).to(x.dtype), x], dim=1)
+        if self.pos is not None:
+            x = x + self.pos.to(x.dtype)
+        h = self.encoder(self.dropout(x))
+        return self.head(h[:, 0] if self.cls is not None else h.mean(dim=1))
+
+
+def conv_stem(channels: int, patch: int, d_model: int) -> nn.Sequential:
+    """log2(patch) 3x3 stride-2 convolutions (widths doubling up to d_model / 2), each with group norm and ReLU,
+    then a 1x1 convolution to d_model: (B, C, H, W) -> (B, d_model, H / patch, W / patch)."""
+    steps = patch.bit_length() - 1
+    if patch < 2 or 1 << steps != patch:
+        raise ValueError(f"model.patch_embed=conv needs a power-of-2 model.patch_size >= 2, got {patch}")
+    layers, width = [], channels
+    for k in range(steps):
+        out = max(d_model // 2 ** (steps - k), 8)
+        # group norm, not batch norm: statistics per example keep gradient accumulation and data
+        # parallelism exact (the sum over micro-batches / ranks equals the whole batch's gradient)
+        layers += [nn.Conv2d(width, out, 3, stride=2, padding=1, bias=False), nn.GroupNorm(math.gcd(8, out), out),
+                   nn.ReLU()]
+        width = out
+    layers.append(nn.Conv2d(width, d_model, 1))
+    return nn.Sequential(*layers)
+
+
+class ViT(PatchTransformer):
     """Vision Transformer (Dosovitskiy et al. 2021): the image cut into patch_size x patch_size patches, each
     flattened and projected to d_model (a linear patch embedding, the same as a stride-patch convolution),
     positions added, the existing Encoder, then mean pooling over the patches (or a class token, pool=cls)
@@ -167,24 +220,11 @@ class ViT(nn.Module):
             raise ValueError(f"model.patch_size={p} does not divide model.image_size={cfg.image_size}")
         channels = cfg.channels or 1
         self.grid, self.patch_size, self.channels = cfg.image_size // p, p, channels
-        self.n_tokens = self.grid**2 + (cfg.pool == "cls")
-        if cfg.max_len < self.n_tokens:  # the encoder's rotary table (pos=rope) covers every patch
-            cfg = dataclasses.replace(cfg, max_len=self.n_tokens)
         self.config = dataclasses.replace(cfg, patch_size=p, channels=channels)
-        self.patch = nn.Linear(p * p * channels, cfg.d_model)
-        self.cls = nn.Parameter(torch.zeros(1, 1, cfg.d_model)) if cfg.pool == "cls" else None
-        if cfg.pos == "learned":
-            self.pos = nn.Parameter(torch.zeros(1, self.n_tokens, cfg.d_model))
-        elif cfg.pos == "sinusoidal":
-            self.register_buffer("pos", sinusoids(self.n_tokens, cfg.d_model)[None], persistent=False)
-        else:  # rope: positions inside attention
-            self.pos = None
-        self.dropout = Dropout(cfg.dropout)
-        self.encoder = Encoder(cfg, cfg.n_layers)
-        self.head = nn.Linear(cfg.d_model, cfg.num_classes)
-        init_weights(self, cfg.n_layers)
-        if self.cls is not None:
-            nn.init.normal_(self.cls, std=0.02)
+        self._build(cfg, self.grid**2, p * p * channels)
+        self.stem = conv_stem(channels, p, cfg.d_model) if cfg.patch_embed == "conv" else None
+        if self.stem is not None:
+            self.patch = nn.Identity()  # the stem's last 1x1 convolution is the embedding
 
     def patches(self, pixels: Tensor) -> Tensor:
         """(B, H, W, C) -> (B, grid², patch² · C), patches in row-major order, each row-major, channels last."""
@@ -192,18 +232,18 @@ class ViT(nn.Module):
         p, g = self.patch_size, self.grid
         if (h, w, c) != (g * p, g * p, self.channels):
             raise ValueError(f"images of {h}x{w}x{c}, the model reads {g * p}x{g * p}x{self.channels}")
-        x = pixels.to(self.patch.weight.dtype)
+        x = pixels.to(self.head.weight.dtype)
         x = x / 127.5 - 1.0 if pixels.dtype == torch.uint8 else x * 2.0 - 1.0
         return x.reshape(b, g, p, g, p, c).permute(0, 1, 3, 2, 4, 5).reshape(b, g * g, p * p * c)
 
     def forward(self, pixels: Tensor) -> Tensor:
-        x = self.patch(self.patches(pixels))
-        if self.cls is not None:
-            x = torch.cat([self.cls.expand(x.size(0), -1, -1).to(x.dtype), x], dim=1)
-        if self.pos is not None:
-            x = x + self.pos.to(x.dtype)
-        h = self.encoder(self.dropout(x))
-        return self.head(h[:, 0] if self.cls is not None else h.mean(dim=1))
+        if self.stem is None:
+            return self.classify_patches(self.patches(pixels))
+        x = self.patches(pixels)  # checks the shape and scales to [-1, 1]; the stem reads the image itself
+        b, g = x.size(0), self.grid
+        image = x.reshape(b, g, g, self.patch_size, self.patch_size, self.channels).permute(0, 5, 1, 3, 2, 4)
+        image = image.reshape(b, self.channels, g * self.patch_size, g * self.patch_size)
+        return self.classify_patches(self.stem(image).flatten(2).transpose(1, 2))
 
 
 def count_parameters(model: nn.Module, non_embedding: bool = False) -> int:
@@ -228,13 +268,25 @@ def flops_per_token(model: nn.Module, seq_len: int) -> float:
     for module in model.modules():
         if isinstance(module, nn.Linear):
             flops += 6.0 * module.in_features * module.out_features
+        elif isinstance(module, nn.RNNBase):  # every weight of every direction multiplies every token once
+            flops += 6.0 * sum(p.numel() for name, p in module.named_parameters() if name.startswith("weight"))
         elif isinstance(module, MultiHeadAttention):
             flops += 12.0 * module.d_model * seq_len
     return flops
 
 
 def build_model(task: str, config: ModelConfig) -> nn.Module:
-    """The model of a task: lm -> CausalLM, translate -> Seq2Seq, classify -> TextClassifier, vision -> ViT."""
-    models = {"lm": CausalLM, "translate": Seq2Seq, "classify": TextClassifier, "vision": ViT}
+    """The model of a task: lm -> CausalLM, translate -> Seq2Seq, classify -> TextClassifier, vision -> ViT,
+    audio -> AudioClassifier."""
+    from bigbatch.nn.audio import AudioClassifier
+
+    if config.arch != "transformer":
+        from bigbatch.nn.rnn import RNNClassifier, RNNSeq2Seq
+
+        rnns = {"classify": RNNClassifier, "translate": RNNSeq2Seq}
+        if task not in rnns:
+            raise ValueError(f"model.arch={config.arch} is built for task classify or translate, not {task}")
+        return rnns[task](config)
+    models = {"lm": CausalLM, "translate": Seq2Seq, "classify": TextClassifier, "vision": ViT, "audio": AudioClassifier}
     return models[task](config)
 

@@ -22,6 +22,7 @@ class Task(ABC):
     output_vocab = True  # the model ends in a vocabulary-sized projection (its logits count in memory)
     decodes = False  # validation also scores decoded outputs (decoded_scores), on one rank
     labelled = False  # one class label per example: accuracy, macro-F1 and a confusion matrix
+    media = False  # fixed-size examples decoded from images / audio (batches count examples), not token sequences
 
     def objective(self, model, batch: dict, label_smoothing: float = 0.0) -> tuple[Tensor, Tensor, dict]:
         """(loss_sum, n_targets, logs) of one micro-batch; looked up at call time, so a test may replace it."""
@@ -53,7 +54,8 @@ class Task(ABC):
         return ""
 
     def after_report(self, cfg: Config, model, data, valid, device) -> None:
-        """Anything printed after the closing lines (a language model's sample)."""
+        """Anything printed after the closing lines (a language model's sample); nothing by default."""
+        return None
 
     def activation_layers(self, m: ModelConfig) -> int:
         """Layers whose activations backward keeps (cross-attention counts as a layer of its own)."""

@@ -12,6 +12,7 @@ class Vision(Classification):
     """A classifier of images: batches {"pixels": (B, H, W, C) uint8, "labels", "input_tokens"}."""
 
     name = "vision"
+    media = True
 
     def input_tokens(self, batch: dict) -> int:
         return int(batch["input_tokens"])  # patches (+ the class token): what the encoder reads

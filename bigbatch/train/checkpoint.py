@@ -60,6 +60,7 @@ from bigbatch.config import Config, load_config
 from bigbatch.data.shards import sha256_file
 from bigbatch.distributed.process import ONE_PROCESS, Dist
 from bigbatch.errors import UserError
+from bigbatch.tasks import get_task
 
 
 def _fsync(path: Path) -> None:
@@ -460,10 +461,10 @@ def checkpoint_assets(ckpt: Path, config: Config):
     tok_file = next((d / "tokenizer.json" for d in places if (d / "tokenizer.json").exists()), None)
     if kind == "byte":
         tokenizer = ByteTokenizer()
-    elif kind == "pixels":
-        from bigbatch.data.images import PixelTokenizer
+    elif kind in ("pixels", "pcm16"):
+        from bigbatch.data.pipeline import tokenizer_of
 
-        tokenizer = PixelTokenizer()
+        tokenizer = tokenizer_of(ckpt, kind)
     elif tok_file is not None:
         tokenizer = load_tokenizer_file(tok_file)
         tokenizer.kind = kind if kind in ("bpe", "unigram") else tokenizer.kind
@@ -474,7 +475,7 @@ def checkpoint_assets(ckpt: Path, config: Config):
         raise UserError(f"{tok_file}: {tokenizer.vocab_size} ids, more than the model's vocab_size "
                         f"{config.model.vocab_size}; it is not this model's tokenizer")
     labels = None
-    if config.task in ("classify", "vision"):
+    if get_task(config.task).labelled:
         labels_file = next((d / "labels.json" for d in places if (d / "labels.json").exists()), None)
         if labels_file is None:
             raise UserError(f"{ckpt}: no labels.json (the class names); copy the run's labels.json into the "

@@ -32,6 +32,7 @@ import numpy as np
 
 from bigbatch.config import Config
 from bigbatch.errors import UserError
+from bigbatch.tasks import get_task
 
 # (d_model, n_layers); n_heads = d_model / 64
 MODEL_TABLE = [(128, 2), (256, 2), (256, 4), (384, 6), (512, 8), (768, 12)]
@@ -76,7 +77,7 @@ class DataStats:
     def from_shards(cls, shard_dir: Path, manifest: dict, task: str) -> "DataStats":
         train = manifest["splits"]["train"]
         p99 = 0
-        if task not in ("lm", "vision"):  # images are all the same size
+        if task != "lm" and not get_task(task).media:  # images and clips are all the same size
             lengths = []
             step = max(1, train["n_examples"] // 20000)  # a strided sample of ~20k: O(1) memory on any size
             for meta in train["shards"]:
@@ -114,7 +115,7 @@ def estimate_tokens_per_s(peak_flops: float, d: int, layers: int, task: str, voc
         # too: 16 d^2 a layer) and the output projection; the tokens counted are both, half each
         weights = (12 * d * d * layers + 16 * d * d * layers + d * vocab) / 2
     else:
-        weights = _block_params(d, layers, task) + (d * vocab if task not in ("classify", "vision") else 0)
+        weights = _block_params(d, layers, task) + (0 if get_task(task).labelled else d * vocab)  # output layer
     return CPU_EFFICIENCY * peak_flops / (6.0 * max(weights, 1))
 
 
@@ -158,8 +159,8 @@ def resolve_from_data(cfg: Config, stats: DataStats, world_size: int = 1,
     notes: list[str] = []
     _check_data(cfg, stats)
     t, m = cfg.train, cfg.model
-    if cfg.task == "vision":
-        cfg, stats, image_notes = _resolve_image_model(cfg, stats)
+    if get_task(cfg.task).media:
+        cfg, stats, image_notes = _resolve_patches(cfg, stats)
         notes += image_notes
     elif cfg.task != "lm" and m.max_len is None:
         max_len = int(min(max(_round_up(stats.length_p99, 8), 16), 512))
@@ -171,9 +172,9 @@ def resolve_from_data(cfg: Config, stats: DataStats, world_size: int = 1,
     notes += batch_notes
     bounded = any(x is not None for x in (t.max_steps, t.max_tokens, t.max_time_s, t.epochs))
     if t.epochs is None and not bounded:
-        if cfg.task == "vision":
+        if get_task(cfg.task).media:
             cfg = _replace(cfg, "train", epochs=float(VISION_EPOCHS))
-            notes.append(f"train.epochs={VISION_EPOCHS} ({stats.n_examples:,} training images)")
+            notes.append(f"train.epochs={VISION_EPOCHS} ({stats.n_examples:,} training examples)")
         else:
             cfg = _replace(cfg, "train", epochs=float(default_epochs(stats.n_tokens)))
             notes.append(f"train.epochs={cfg.train.epochs:g} ({stats.n_tokens:,} training tokens)")
@@ -184,12 +185,25 @@ def resolve_from_data(cfg: Config, stats: DataStats, world_size: int = 1,
     return cfg, notes + run_notes
 
 
-def _resolve_image_model(cfg: Config, stats: DataStats) -> tuple[Config, DataStats, list[str]]:
-    """vision: the patch size, and max_len = the encoder's tokens (patches + class token); the training
-    "tokens" are then images x that (what tokens/s, budgets and the model-size rule count)."""
+def _resolve_patches(cfg: Config, stats: DataStats) -> tuple[Config, DataStats, list[str]]:
+    """vision / audio: the patch size, and max_len = the encoder's tokens (patches + class token); the training
+    "tokens" are then examples x that (what tokens/s, budgets and the model-size rule count)."""
     from bigbatch.nn.models import default_patch
 
     m, notes = cfg.model, []
+    if cfg.task == "audio":
+        from bigbatch.nn.audio import audio_geometry
+
+        try:
+            _, gf, gt = audio_geometry(m)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        n_tokens = gf * gt + (m.pool == "cls")
+        if m.max_len is not None and m.max_len != n_tokens:
+            raise UserError(f"model.max_len={m.max_len}: the audio model reads {n_tokens} patches; leave it unset")
+        cfg = _replace(cfg, "model", max_len=n_tokens)
+        notes.append(f"{gf} x {gt} = {gf * gt} spectrogram patches a clip")
+        return cfg, dataclasses.replace(stats, n_tokens=stats.n_examples * n_tokens), notes
     patch = m.patch_size or default_patch(m.image_size)
     if m.image_size % patch:
         raise UserError(f"model.patch_size={patch} does not divide model.image_size={m.image_size}")
@@ -204,7 +218,7 @@ def _resolve_image_model(cfg: Config, stats: DataStats) -> tuple[Config, DataSta
 
 
 def _check_data(cfg: Config, stats: DataStats) -> None:
-    if cfg.task in ("classify", "vision") and stats.n_labels < 2:
+    if get_task(cfg.task).labelled and stats.n_labels < 2:
         raise UserError(f"data.source={cfg.data.source!r}: the label column '{cfg.data.label_field}' has "
                         f"{stats.n_labels} distinct value(s); classification needs at least 2")
     small = 50 if cfg.task != "lm" else 2
@@ -232,14 +246,14 @@ def _warn_batch_larger_than_data(cfg: Config, stats: DataStats) -> None:
 def _resolve_batch(cfg: Config, stats: DataStats, world_size: int) -> tuple[Config, list[str]]:
     """classify / translate: token budgets sized to the data (fairseq's --max-tokens style)."""
     t = cfg.train
-    if cfg.task == "vision" and not (t.global_batch_size or t.micro_batch_size):
+    if get_task(cfg.task).media and not (t.global_batch_size or t.micro_batch_size):
         if t.micro_batch_tokens or t.global_batch_tokens:
-            raise UserError("task=vision batches count images: set train.global_batch_size / micro_batch_size, "
-                            "not *_batch_tokens")
+            raise UserError(f"task={cfg.task} batches count examples: set train.global_batch_size / "
+                            "micro_batch_size, not *_batch_tokens")
         total = min(VISION_BATCH, max(2 ** int(math.log2(max(stats.n_examples // 8, 1))), 8))
         total = _round_up(total, world_size)
-        return _replace(cfg, "train", global_batch_size=total), [f"train.global_batch_size={total} images"]
-    if cfg.task in ("lm", "vision") or t.micro_batch_tokens or t.micro_batch_size or t.global_batch_size:
+        return _replace(cfg, "train", global_batch_size=total), [f"train.global_batch_size={total} examples"]
+    if cfg.task == "lm" or get_task(cfg.task).media or t.micro_batch_tokens or t.micro_batch_size or t.global_batch_size:
         return cfg, []
     longest = _round_up(cfg.model.max_len + 1, 8)
     total = t.global_batch_tokens
@@ -278,12 +292,12 @@ def _resolve_model(cfg: Config, stats: DataStats, peak_flops: float | None) -> t
     m, t = cfg.model, cfg.train
     notes = []
     budget = _budget_tokens(cfg, stats)
-    if (m.d_model is None or m.n_layers is None) and cfg.task == "vision":
+    if (m.d_model is None or m.n_layers is None) and get_task(cfg.task).media:
         d, layers, passes = choose_vision_model(stats, budget, t.max_time_s, peak_flops)
         d, layers = m.d_model or d, m.n_layers or layers
         cfg = _replace(cfg, "model", d_model=d, n_layers=layers)
         notes.append(f"model.d_model={d}, model.n_layers={layers}" + (
-            f" (about {passes:.3g} passes over the training images in the budget; the largest ViT of "
+            f" (about {passes:.3g} passes over the training examples in the budget; the largest of "
             f"{', '.join(f'{a}x{b}' for a, b in VISION_TABLE)} with >= {VISION_PASSES})" if math.isfinite(passes) else ""))
     elif m.d_model is None or m.n_layers is None:
         d, layers, seen = choose_model(cfg.task, budget, t.max_time_s, peak_flops, stats.vocab_size)
@@ -349,9 +363,9 @@ def _resolve_run(cfg: Config, stats: DataStats) -> tuple[Config, list[str]]:
         notes.append(f"train.label_smoothing={train['label_smoothing']:g}")
     if t.eval_batches is None and cfg.task == "lm":  # classify / translate / vision: a sample of train.eval_examples
         train["eval_batches"] = 20
-    if o.lr is None and cfg.task == "vision":  # fashion-mnist, 128 x 4: train loss 1.57 at step 80 with 1e-3, 2.1 with 2.8e-3
+    if o.lr is None and get_task(cfg.task).media:  # fashion-mnist, 128 x 4: train loss 1.57 at step 80 with 1e-3, 2.1 with 2.8e-3
         optim["lr"] = float(f"{1e-3 * math.sqrt(128 / cfg.model.d_model):.2g}")
-        notes.append(f"optim.lr={optim['lr']:g} (ViT, d_model {cfg.model.d_model})")
+        notes.append(f"optim.lr={optim['lr']:g} (patch Transformer, d_model {cfg.model.d_model})")
     elif o.lr is None:
         optim["lr"] = float(f"{2e-3 * math.sqrt(256 / cfg.model.d_model):.2g}")
         notes.append(f"optim.lr={optim['lr']:g} (d_model {cfg.model.d_model})")

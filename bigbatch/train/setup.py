@@ -12,6 +12,7 @@ from bigbatch.data.pipeline import TaskData, build_data, resolve_before_data, sh
 from bigbatch.data.shards import read_manifest
 from bigbatch.distributed.process import ONE_PROCESS, Dist
 from bigbatch.errors import UserError
+from bigbatch.tasks import get_task
 from bigbatch.train.defaults import DataStats, fill_unset_from, resolve_from_data
 
 
@@ -80,7 +81,7 @@ def resolve_config(cfg: Config, data: TaskData) -> Config:
         model = dataclasses.replace(model, vocab_size=tok.vocab_size)
     elif model.vocab_size < tok.vocab_size:
         raise UserError(f"model.vocab_size={model.vocab_size} is smaller than the tokenizer's {tok.vocab_size}")
-    if cfg.task in ("classify", "vision"):
+    if get_task(cfg.task).labelled:
         n = len(data.labels)
         if model.num_classes == 0:
             model = dataclasses.replace(model, num_classes=n)

@@ -1,0 +1,75 @@
+"""The recurrent baselines (model.arch lstm | gru): padding invariance, cached decoding equal to teacher forcing,
+beam search through the shared decoder, and training through the same loop from the command line."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from bigbatch.config import Config, ModelConfig
+from bigbatch.errors import UserError
+from bigbatch.nn.generate import translate
+from bigbatch.nn.models import build_model, flops_per_token
+from bigbatch.nn.rnn import RNNClassifier, RNNSeq2Seq
+from helpers import run_cli as cli
+from helpers import write_jsonl
+
+
+@pytest.mark.parametrize("arch", ["lstm", "gru"])
+def test_classifier_ignores_padding(arch):
+    torch.manual_seed(0)
+    m = RNNClassifier(vocab_size=20, d_model=16, n_layers=2, num_classes=3, arch=arch, pad_id=0).eval()
+    a, b = torch.tensor([[5, 6, 7, 8, 9]]), torch.tensor([[3, 4]])
+    batch = torch.tensor([[5, 6, 7, 8, 9], [3, 4, 0, 0, 0]])
+    out = m(batch, batch != 0)
+    assert torch.allclose(out[0], m(a)[0], atol=1e-5) and torch.allclose(out[1], m(b)[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["lstm", "gru"])
+def test_seq2seq_cached_steps_equal_teacher_forcing(arch):
+    torch.manual_seed(0)
+    m = RNNSeq2Seq(vocab_size=30, d_model=16, n_layers=2, arch=arch, pad_id=0).eval()
+    src = torch.tensor([[4, 5, 6, 7], [8, 9, 0, 0]])
+    tgt = torch.tensor([[1, 10, 11, 12, 13], [1, 14, 15, 16, 17]])
+    mask = src != 0
+    full = m(src, tgt, mask)
+    cache = m.new_cache(m.encode(src, mask), mask, 16)
+    steps = torch.cat([m.decode(tgt[:, t : t + 1], cache=cache) for t in range(tgt.size(1))], dim=1)
+    assert torch.allclose(full, steps, atol=1e-5) and cache.length == 5
+    # a padded source gives the same output as the source alone
+    alone = m(src[1:, :2], tgt[1:], mask[1:, :2])
+    assert torch.allclose(full[1], alone[0], atol=1e-5)
+    greedy = translate(m, src, 1, 2, max_new_tokens=6, src_mask=mask)
+    beam = translate(m, src, 1, 2, max_new_tokens=6, beam=3, src_mask=mask)
+    assert len(greedy) == len(beam) == 2 and all(len(x) <= 6 for x in greedy + beam)
+
+
+def test_rnn_arch_is_for_classify_and_translate_only():
+    with pytest.raises(UserError, match="model.arch=lstm is a baseline for task classify or translate"):
+        Config(task="lm", model=ModelConfig(arch="lstm"))
+    m = build_model("classify", ModelConfig(arch="gru", vocab_size=50, d_model=32, n_layers=1, num_classes=2))
+    assert isinstance(m, RNNClassifier)
+    # 3 gates x (input + hidden) x hidden per direction, 2 directions: every weight counted at 6 FLOPs a token
+    rnn_weights = 2 * 3 * (32 * 16 + 16 * 16)
+    assert flops_per_token(m, 8) == pytest.approx(6 * (rnn_weights + 32 * 2))
+
+
+def test_lstm_classifier_trains_from_the_command_line(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = []
+    for _ in range(800):
+        label = str(rng.choice(["fruit", "tool"]))
+        word = rng.choice(["apple", "pear", "plum"] if label == "fruit" else ["hammer", "saw", "drill"])
+        filler = list(rng.choice("the a my old new red big".split(), size=rng.integers(2, 8)))
+        filler.insert(int(rng.integers(0, len(filler) + 1)), word)
+        rows.append({"text": " ".join(filler), "label": label})
+    write_jsonl(tmp_path / "d.jsonl", rows)
+    run = tmp_path / "run"
+    out = cli("train", "--run-dir", run, "--no-progress", "--json", "--set", "task=classify",
+              "--set", f"data.source={tmp_path / 'd.jsonl'}", "--set", "model.arch=lstm", "--set", "model.d_model=32",
+              "--set", "model.n_layers=1", "--set", "train.max_steps=120", "--set", "train.micro_batch_size=32",
+              "--set", "optim.lr=1e-2", "--set", "train.eval_every=0", "--set", "train.baseline=false")
+    summary = json.loads(out.stdout)
+    assert summary["valid_accuracy"] > 0.9
+    assert json.loads(cli("classify", run, "--json", "my red apple").stdout)["label"] == "fruit"
