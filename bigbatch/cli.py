@@ -156,6 +156,9 @@ def cmd_attention(args) -> int:
     tokenizer, labels = checkpoint_assets(resolve_checkpoint(args.run, args.checkpoint), cfg)
     if cfg.task == "vision":  # an image file: attention rollout over it
         return _attention_image(args, model, labels)
+    if cfg.task == "audio" or cfg.model.arch != "transformer":
+        raise UserError(f"{args.run}: bigbatch attention draws Transformer attention of text and vision runs; this "
+                        f"is a task={cfg.task}, model.arch={cfg.model.arch} run")
     try:
         is_file = Path(args.input).is_file()
     except OSError:  # a text too long to be a file name

@@ -100,6 +100,14 @@ class ModelConfig:
             raise UserError(f"model.channels={_show(self.channels)} is invalid: expected 1 (grey), 3 (RGB) or 0 (auto)")
         if self.patch_size and self.image_size and self.image_size % self.patch_size:
             raise UserError(f"model.patch_size={self.patch_size} does not divide model.image_size={self.image_size}")
+        if self.patch_embed == "conv" and self.patch_size and (self.patch_size < 2 or self.patch_size & (self.patch_size - 1)):
+            raise UserError(f"model.patch_embed=conv needs a power-of-2 model.patch_size >= 2, got {self.patch_size}")
+        if 0 < self.sample_rate < 1000:
+            raise UserError(f"model.sample_rate={self.sample_rate} is invalid: expected samples per second "
+                            "(e.g. 16000), at least 1000")
+        if self.arch != "transformer" and self.d_model and self.d_model % 2:
+            raise UserError(f"model.d_model={self.d_model}: model.arch={self.arch} is bidirectional and needs an even "
+                            "width (d_model / 2 a direction)")
         _fraction(self, "dropout")
         if self.d_model is None or self.n_heads is None:
             return  # resolved later (train/defaults.py), then checked again

@@ -45,6 +45,27 @@ def test_seq2seq_cached_steps_equal_teacher_forcing(arch):
     assert len(greedy) == len(beam) == 2 and all(len(x) <= 6 for x in greedy + beam)
 
 
+@pytest.mark.parametrize("arch", ["lstm", "gru"])
+def test_cache_reorder_moves_decoder_states_with_their_rows(arch):
+    """Beam search reorders the cache between steps: after reorder([1, 0]) the next step must equal teacher
+    forcing of the swapped rows; and beam search of two sources together equals each alone."""
+    torch.manual_seed(1)
+    m = RNNSeq2Seq(vocab_size=12, d_model=8, n_layers=2, arch=arch, pad_id=0).eval()
+    src = torch.tensor([[3, 4, 5], [6, 7, 0]])
+    mask = src != 0
+    tgt = torch.tensor([[1, 8, 9, 10], [1, 11, 3, 4]])
+    with torch.no_grad():
+        cache = m.new_cache(m.encode(src, mask), mask, 8)
+        m.decode(tgt[:, :3], cache=cache)
+        cache.reorder(torch.tensor([1, 0]))
+        step = m.decode(tgt.flip(0)[:, 3:4], cache=cache)
+        full = m(src.flip(0), tgt.flip(0), mask.flip(0))[:, 3:4]
+        assert torch.allclose(step, full, atol=1e-5)
+        together = translate(m, src, 1, 2, max_new_tokens=5, beam=3, src_mask=mask)
+        alone = [translate(m, src[i : i + 1, : int(mask[i].sum())], 1, 2, max_new_tokens=5, beam=3)[0] for i in range(2)]
+        assert together == alone
+
+
 def test_rnn_arch_is_for_classify_and_translate_only():
     with pytest.raises(UserError, match="model.arch=lstm is a baseline for task classify or translate"):
         Config(task="lm", model=ModelConfig(arch="lstm"))

@@ -51,6 +51,26 @@ def test_vit_patch_embedding_is_a_strided_convolution():
     assert [default_patch(n) for n in (8, 28, 32, 224)] == [2, 4, 4, 32]
 
 
+def test_conv_stem_reads_the_image_and_keeps_the_grid():
+    torch.manual_seed(0)
+    m = ViT(image_size=16, channels=3, patch_size=4, num_classes=5, d_model=32, n_heads=4, n_layers=1,
+            patch_embed="conv").eval()
+    x = torch.randint(0, 256, (2, 16, 16, 3), dtype=torch.uint8)
+    seen = {}
+    m.stem[0].register_forward_hook(lambda mod, inp, out: seen.update(inp=inp[0], out=out))
+    grid = {}
+    m.encoder.register_forward_hook(lambda mod, inp, out: grid.update(tokens=inp[0].shape))
+    assert m(x).shape == (2, 5)
+    assert torch.allclose(seen["inp"], x.permute(0, 3, 1, 2).float() / 127.5 - 1.0)  # the image itself, (B, C, H, W)
+    assert seen["out"].shape == (2, 16, 8, 8) and grid["tokens"] == (2, 16, 32)  # 2 stride-2 convs: a 4x4 grid
+    assert [type(layer).__name__ for layer in m.stem] == ["Conv2d", "GroupNorm", "ReLU"] * 2 + ["Conv2d"]
+    from bigbatch.config import ModelConfig
+
+    with pytest.raises(UserError, match="power-of-2"):
+        ModelConfig(image_size=12, patch_size=3, patch_embed="conv")
+    assert default_patch(96, power_of_2=True) == 16 and default_patch(96) == 12
+
+
 def test_vit_class_token_and_rope():
     m = ViT(image_size=8, channels=1, patch_size=2, num_classes=3, d_model=16, n_heads=2, n_layers=1, pool="cls")
     assert m.n_tokens == 17 and m(torch.zeros(2, 8, 8, 1, dtype=torch.uint8)).shape == (2, 3)
@@ -135,7 +155,7 @@ def test_image_folder_trains_classifies_and_evaluates(vision_run):
     cfg = (run / "config.yaml").read_text()
     assert "image_size: 16" in cfg and "patch_size: 2" in cfg and "channels: 3" in cfg and "augment: crop_flip" in cfg
     assert summary["valid_accuracy"] > 0.8
-    assert "valid_baseline" in summary or "baseline" in json.dumps(summary)
+    assert summary["baseline"]["method"] == "pixels_logreg" and summary["baseline"]["split"] == "valid"
     img = d / "test" / "bar" / "0.png"
     out = json.loads(cli("classify", run, "--json", img).stdout)
     assert out["label"] == "bar" and 0.0 < out["p"] <= 1.0
@@ -191,9 +211,9 @@ def test_bad_images_and_empty_class_folders(tmp_path):
     manifest = read_manifest(tmp_path / "p2")
     assert manifest["skipped_rows"] == 1
     assert sum(manifest["splits"][s]["n_examples"] for s in ("train", "valid", "test")) == 30
-    (d / "empty").mkdir()
+    (d / "nothing_here").mkdir()
     proc = cli(*base, tmp_path / "p3", check=False)
-    assert proc.returncode == 2 and "empty" in proc.stderr and "no images" in proc.stderr
+    assert proc.returncode == 2 and "nothing_here: no images" in proc.stderr
     proc = cli("prepare", "--source", tmp_path / "nothing", "--task", "vision", "--out", tmp_path / "p4", check=False)
     assert proc.returncode == 2 and "nothing" in proc.stderr
 
@@ -209,8 +229,12 @@ def test_fixed_split_folders_and_fashion_mnist_layout(tmp_path, monkeypatch):
     _shapes_folder(tmp_path / "split" / "test", n_per_class=3, seed=1)
     cfg = Config(task="vision", data=DataConfig(source=str(tmp_path / "split")), model=ModelConfig(image_size=8))
     m = read_manifest(prepare(prepare_spec(cfg), tmp_path / "shards", progress=False))
-    assert m["splits"]["test"]["n_examples"] == 9
+    assert m["splits"]["test"]["n_examples"] == 9  # the test/ folder, whole
     assert m["splits"]["train"]["n_examples"] + m["splits"]["valid"]["n_examples"] == 24
+    assert m["splits"]["valid"]["n_examples"] > 0  # no valid/ folder: 5% of train/ held out by hash
+    (tmp_path / "split" / "extra").mkdir()
+    with pytest.raises(UserError, match="split folders .* and other folders"):
+        prepare(prepare_spec(cfg), tmp_path / "shards2", progress=False)
 
     fake = tmp_path / "fmnist"
     fake.mkdir()

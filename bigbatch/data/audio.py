@@ -21,7 +21,7 @@ from typing import Iterator
 
 import numpy as np
 
-from bigbatch.data.images import FIXED_SPLIT, _SPLIT_DIRS
+from bigbatch.data.images import FIXED_SPLIT, class_folders
 from bigbatch.errors import UserError
 
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -29,6 +29,7 @@ ACCENTS = ["en-us", "en-029", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", 
 SPEEDS = (130, 165, 200)  # words per minute
 PITCHES = (30, 50, 70)  # espeak's 0..100
 COMBOS = 6  # accent x speed x pitch settings per variant and word
+MAX_SECONDS = 120  # at most this much of a WAV file is read (clips are seconds long; a long file stays bounded)
 GENERATOR_VERSION = 1  # bump when the synthesis settings change (part of the data's fingerprint)
 
 
@@ -68,7 +69,8 @@ class _Espeak:
             return 0
 
         self._callback = callback(collect)  # kept alive as long as the library may call it
-        self.rate = self.lib.espeak_Initialize(2, 0, espeakng_loader.get_data_path().encode(), 0)
+        # AUDIO_OUTPUT_SYNCHRONOUS, and espeakINITIALIZE_DONT_EXIT: a bad data path returns an error, not exit()
+        self.rate = self.lib.espeak_Initialize(2, 0, espeakng_loader.get_data_path().encode(), 0x8000)
         if self.rate <= 0:
             raise UserError(f"libespeak-ng ({espeakng_loader.get_library_path()}) failed to initialise")
         self.lib.espeak_SetSynthCallback(self._callback)
@@ -82,8 +84,10 @@ class _Espeak:
         self.lib.espeak_SetParameter(3, pitch, 0)  # espeakPITCH
         self.chunks.clear()
         data = text.encode()
-        self.lib.espeak_Synth(data, len(data) + 1, 0, 1, 0, 0, None, None)
+        status = self.lib.espeak_Synth(data, len(data) + 1, 0, 1, 0, 0, None, None)
         self.lib.espeak_Synchronize()
+        if status != 0:
+            raise UserError(f"espeak-ng failed to synthesise {text!r} with voice {voice!r} (error {status})")
         return np.concatenate(self.chunks) if self.chunks else np.zeros(0, dtype=np.int16)
 
 
@@ -140,27 +144,13 @@ def spoken_digits_fingerprint() -> list:
 
 def wav_folder(source: str, skip_bad: bool, bad) -> Iterator[tuple[str, dict]]:
     """(key, {"path", "label"[, split]}) of DIR/CLASS/*.wav (or DIR/{train,valid,test}/CLASS/*.wav), sorted."""
-    root = Path(source).expanduser()
-    if not root.is_dir():
-        raise UserError(f"data.source={source!r}: task=audio reads a directory with one sub-folder of .wav files per "
-                        "class (or builtin:spoken-digits)")
-    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not subdirs:
-        raise UserError(f"{root}: no class sub-folders (expected {root}/CLASS/CLIP.wav, one folder per class)")
-    split_dirs = [p for p in subdirs if p.name.lower() in _SPLIT_DIRS]
-    roots = [(p, _SPLIT_DIRS[p.name.lower()]) for p in split_dirs] if split_dirs and len(split_dirs) == len(subdirs) \
-        else [(root, None)]
-    for top, split in roots:
-        for cls in sorted(p for p in top.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            files = sorted(f for f in cls.rglob("*") if f.is_file() and f.suffix.lower() == ".wav")
-            if not files:
-                bad.add(str(cls), "no .wav files", skip_bad)
-                continue
-            for f in files:
-                record = {"path": str(f), "label": cls.name}
-                if split is not None:
-                    record[FIXED_SPLIT] = split
-                yield str(f.relative_to(root)), record
+    for cls, split, files in class_folders(source, lambda f: f.suffix.lower() == ".wav", "CLIP.wav"):
+        if not files:
+            bad.add(str(cls), "no .wav files", skip_bad)
+            continue
+        for f in files:
+            key = str(f.relative_to(Path(source).expanduser()))
+            yield key, {"path": str(f), "label": cls.name, FIXED_SPLIT: split(key)}
 
 
 def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
@@ -171,7 +161,7 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
             width, channels, rate, n = w.getsampwidth(), w.getnchannels(), w.getframerate(), w.getnframes()
             if width != 2:
                 raise ValueError(f"a WAV of {8 * width}-bit samples; expected 16-bit PCM")
-            data = np.frombuffer(w.readframes(n), dtype="<i2")
+            data = np.frombuffer(w.readframes(min(n, MAX_SECONDS * rate)), dtype="<i2")  # bounded per file
     except (wave.Error, EOFError, OSError) as e:
         raise ValueError(f"not a readable WAV file ({type(e).__name__}: {str(e)[:100]})") from None
     if channels > 1:

@@ -27,6 +27,13 @@ def _lists_dir() -> Path:
     return cache_root() / "apt" / "lists"
 
 
+def private_apt_options(lists: Path) -> list[str]:
+    """apt-get options that keep its state in the bigbatch cache: the lists there, no package cache files
+    (apt would otherwise rebuild /var/cache/apt/*.bin from them), no lock on the system's state."""
+    return ["-o", f"Dir::State::Lists={lists}/", "-o", f"Dir::Cache={lists.parent / 'cache'}/",
+            "-o", "Dir::Cache::pkgcache=", "-o", "Dir::Cache::srcpkgcache=", "-o", "Debug::NoLocking=1"]
+
+
 def _update(lists: Path) -> None:
     apt_get = shutil.which("apt-get")
     if apt_get is None:
@@ -35,8 +42,7 @@ def _update(lists: Path) -> None:
     (lists / "partial").mkdir(parents=True, exist_ok=True)
     conf = lists.parent / "apt.conf"
     conf.write_text(f'Dir::State::Lists "{lists}/";\nAcquire::Languages "en";\nDebug::NoLocking "true";\n')
-    cmd = [apt_get, "-c", str(conf), "-o", f"Dir::State::Lists={lists}/", "-o", "Acquire::Languages=en",
-           "-o", "Debug::NoLocking=1", "-qq", "update"]
+    cmd = [apt_get, "-c", str(conf), *private_apt_options(lists), "-o", "Acquire::Languages=en", "-qq", "update"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0 or not list(lists.glob("*Translation-en*")):
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no Translation-en index was fetched"]

@@ -93,7 +93,7 @@ def fashion_mnist_dir(fetch: bool = True) -> Path:
 
 def _fetch_package() -> None:
     """apt-get download the .deb (no root: the private lists of builtin:debian-descriptions) and unpack it."""
-    from bigbatch.data.debian import _lists_dir, _update
+    from bigbatch.data.debian import _lists_dir, _update, private_apt_options
 
     how = (f"install it with `apt-get install {FASHION_PACKAGE}` (files in {FASHION_SYSTEM_DIR}) or unpack its .deb "
            f"with `dpkg-deb -x` into {_cache_dir().parents[3]}")
@@ -104,8 +104,8 @@ def _fetch_package() -> None:
     if not list(lists.glob("*_Packages*")):
         _update(lists)
     with tempfile.TemporaryDirectory() as tmp:
-        proc = subprocess.run([apt_get, "-o", f"Dir::State::Lists={lists}/", "-o", "Debug::NoLocking=1", "-qq",
-                               "download", FASHION_PACKAGE], cwd=tmp, capture_output=True, text=True)
+        proc = subprocess.run([apt_get, *private_apt_options(lists), "-qq", "download", FASHION_PACKAGE], cwd=tmp,
+                              capture_output=True, text=True)
         debs = list(Path(tmp).glob("*.deb"))
         if proc.returncode != 0 or not debs:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no .deb was fetched"]
@@ -195,28 +195,49 @@ def image_folder(source: str, skip_bad: bool, bad) -> Iterator[tuple[str, dict]]
     if not root.is_dir():
         raise UserError(f"data.source={source!r}: task=vision reads a directory with one sub-folder of images per "
                         "class (or builtin:fashion-mnist / builtin:digits)")
+    for cls, split, files in class_folders(source, is_image, "IMAGE.png"):
+        if not files:
+            bad.add(str(cls), f"no images (files ending {', '.join(sorted(IMAGE_SUFFIXES)[:4])}, ...)", skip_bad)
+            continue
+        for f in files:
+            key = str(f.relative_to(Path(source).expanduser()))
+            yield key, {"path": str(f), "label": cls.name, FIXED_SPLIT: split(key)}
+
+
+def class_folders(source: str, wanted, example: str):
+    """(class folder, split of a key, sorted files) of DIR/CLASS/ or DIR/{train,valid,test}/CLASS/ (hidden
+    files and folders skipped). Without split folders every file's split is its key's hash (90/5/5); with
+    train/ and test/ but no valid/ folder, 5% of train is held out for validation by hash."""
+    from bigbatch.data.builtin import split_of
+
+    root = Path(source).expanduser()
+    if not root.is_dir():
+        raise UserError(f"data.source={source!r}: expected a directory with one sub-folder per class "
+                        f"({root}/CLASS/{example})")
     subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not subdirs:
-        raise UserError(f"{root}: no class sub-folders (expected {root}/CLASS/IMAGE.png, one folder per class)")
+        raise UserError(f"{root}: no class sub-folders (expected {root}/CLASS/{example}, one folder per class)")
     split_dirs = [p for p in subdirs if p.name.lower() in _SPLIT_DIRS]
-    if split_dirs and len(split_dirs) == len(subdirs):
-        roots = [(p, _SPLIT_DIRS[p.name.lower()]) for p in split_dirs]
-    else:
-        roots = [(root, None)]
-    for top, split in roots:
+    if split_dirs and len(split_dirs) != len(subdirs):
+        others = [p.name for p in subdirs if p not in split_dirs]
+        raise UserError(f"{root}: holds split folders ({', '.join(p.name for p in split_dirs)}) and other folders "
+                        f"({', '.join(others[:3])}); use DIR/CLASS/... or DIR/{{train,valid,test}}/CLASS/..., not both")
+    has_valid = any(_SPLIT_DIRS[p.name.lower()] == "valid" for p in split_dirs)
+    tops = [(p, _SPLIT_DIRS[p.name.lower()]) for p in split_dirs] or [(root, None)]
+    for top, fixed in tops:
+        if fixed is None:
+            split = split_of
+        elif fixed == "train" and not has_valid:
+            split = lambda key: split_of(key, valid=0.05, test=0.0)  # noqa: E731
+        else:
+            split = lambda key, fixed=fixed: fixed  # noqa: E731
         classes = sorted(p for p in top.iterdir() if p.is_dir() and not p.name.startswith("."))
         if not classes:
-            raise UserError(f"{top}: no class sub-folders (expected {top}/CLASS/IMAGE.png)")
+            raise UserError(f"{top}: no class sub-folders (expected {top}/CLASS/{example})")
         for cls in classes:
-            files = sorted(f for f in cls.rglob("*") if f.is_file() and is_image(f) and not f.name.startswith("."))
-            if not files:
-                bad.add(str(cls), f"no images (files ending {', '.join(sorted(IMAGE_SUFFIXES)[:4])}, ...)", skip_bad)
-                continue
-            for f in files:
-                record = {"path": str(f), "label": cls.name}
-                if split is not None:
-                    record[FIXED_SPLIT] = split
-                yield str(f.relative_to(root)), record
+            files = sorted(f for f in cls.rglob("*") if f.is_file() and wanted(f)
+                           and not any(part.startswith(".") for part in f.relative_to(cls).parts))
+            yield cls, split, files
 
 
 # --------------------------------------------------------------------------- augmentation
@@ -262,7 +283,7 @@ def to_pixels(record: dict, size: int, channels: int) -> np.ndarray:
             with Image.open(record["path"]) as im:
                 im.load()
                 image = im.copy()
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as e:
             raise ValueError(f"not a readable image ({type(e).__name__}: {str(e)[:100]})") from None
     image = image.convert("L" if channels == 1 else "RGB")
     w, h = image.size

@@ -59,6 +59,8 @@ def resolve_before_data(cfg: Config) -> tuple[Config, list[str]]:
         return _resolve_images(cfg)
     if cfg.task == "audio":
         return _resolve_audio(cfg)
+    if d.augment not in ("auto", "none"):
+        raise UserError(f"data.augment={d.augment} applies to task=vision or audio, not task={cfg.task}")
     if d.tokenizer in ("pixels", "pcm16"):
         raise UserError(f"data.tokenizer={d.tokenizer} is for task={'vision' if d.tokenizer == 'pixels' else 'audio'}, "
                         f"not task={cfg.task}")
@@ -83,6 +85,8 @@ def _resolve_images(cfg: Config) -> tuple[Config, list[str]]:
     d, m, notes = cfg.data, cfg.model, []
     if d.tokenizer not in ("auto", "pixels"):
         raise UserError(f"data.tokenizer={d.tokenizer}: task=vision reads pixels (leave data.tokenizer unset or pixels)")
+    if d.augment == "shift":
+        raise UserError("data.augment=shift is for audio; task=vision takes crop_flip, crop or none")
     name = d.source[len("builtin:"):] if d.source.startswith("builtin:") else None
     if name is not None and name not in BUILTIN_IMAGES:
         raise UserError(f"data.source={d.source} is not an image data set; task=vision reads builtin:fashion-mnist, "

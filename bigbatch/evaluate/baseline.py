@@ -29,9 +29,9 @@ from bigbatch.errors import UserError
 # (examples, bytes of text) kept of a split, whichever is reached first; None = no cap. Classification's
 # features take about 50 bytes of memory per byte of text at their peak, the n-gram counts about 30.
 TRAIN_CAP = {"classify": (200_000, 40_000_000), "translate": (200_000, None), "lm": (None, 20_000_000),
-             "vision": (None, 200_000_000), "audio": (200_000, None)}  # vision: bytes of pixels (x4 as float32 features)
-EVAL_CAP = {"classify": (50_000, None), "translate": (50_000, None), "lm": (None, 2_000_000), "vision": (50_000, None),
-            "audio": (50_000, None)}
+             "vision": (None, 200_000_000), "audio": (200_000, 400_000_000)}  # bytes of pixels / samples as stored
+EVAL_CAP = {"classify": (50_000, None), "translate": (50_000, None), "lm": (None, 2_000_000),
+            "vision": (50_000, 100_000_000), "audio": (50_000, 200_000_000)}
 
 
 def baseline(cfg, split: str = "valid", max_train_examples: int | None = None, seed: int = 0,
@@ -239,8 +239,8 @@ def _pixel_sample(shards, max_items: int | None, max_bytes: int | None, seed: in
     n_total = shards.n_examples
     per_image = max(int(shards.shards[0].index["length"][0]), 1) if shards.shards else 1
     keep = n_total if max_items is None else min(n_total, max_items)
-    if max_bytes is not None:
-        keep = min(keep, max(max_bytes // per_image, 1))
+    if max_bytes is not None:  # bytes as stored: pixels 1 each, samples 2
+        keep = min(keep, max(max_bytes // (per_image * shards.shards[0].dtype.itemsize), 1))
     chosen = np.sort(np.random.default_rng(seed).choice(n_total, size=keep, replace=False)) if keep < n_total \
         else np.arange(n_total)
     xs, ys, start = [], [], 0
@@ -289,11 +289,14 @@ def media_baseline(cfg, split: str, max_train_examples: int | None = None, seed:
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
 
+    from bigbatch.data.pipeline import resolve_before_data
+
+    cfg = resolve_before_data(cfg)[0]  # image size / sample rate of a config that leaves them to the data
     shard_dir = shard_dir_for(cfg, progress=progress)
     task = cfg.task
     n_train, n_bytes = TRAIN_CAP[task]
     train_x, train_y, train_total = _pixel_sample(ShardSet(shard_dir, "train"), max_train_examples or n_train, n_bytes, seed)
-    eval_x, eval_y, eval_total = _pixel_sample(ShardSet(shard_dir, split), EVAL_CAP[task][0], None, seed + 1)
+    eval_x, eval_y, eval_total = _pixel_sample(ShardSet(shard_dir, split), *EVAL_CAP[task], seed + 1)
     if not len(train_x) or not len(eval_x):
         raise UserError(f"data.source={cfg.data.source!r}: the {'train' if not len(train_x) else split} split has no examples")
     if task == "audio":
@@ -302,8 +305,11 @@ def media_baseline(cfg, split: str, max_train_examples: int | None = None, seed:
     mean = train_x.mean(axis=0, dtype=np.float64).astype(np.float32)
     std = np.maximum(train_x.std(axis=0, dtype=np.float64), 1.0 if task == "vision" else 1e-6).astype(np.float32)
 
-    def features(x: np.ndarray) -> np.ndarray:
-        return (x.astype(np.float32) - mean) / std
+    def features(x: np.ndarray) -> np.ndarray:  # one float32 copy, standardised in place
+        out = x.astype(np.float32)
+        out -= mean
+        out /= std
+        return out
 
     def metrics(predicted: np.ndarray) -> dict:
         confusion = np.zeros((n_classes, n_classes), dtype=np.int64)

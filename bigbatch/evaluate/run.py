@@ -71,9 +71,17 @@ def evaluate_run(path: str | Path, split: str = "valid", checkpoint: str = "best
         from bigbatch.evaluate.confusion import plot_confusion
 
         run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt
-        out = plot_confusion(result["confusion"], data.labels, run_dir / "plots" / f"confusion-{split}.png",
-                             title=f"{split} ({ckpt.name})")
-        result["confusion_png"] = str(out)
+        if len(data.labels) > 100:
+            print(f"note: no confusion-matrix picture for {len(data.labels)} classes (the matrix is in --json)",
+                  file=sys.stderr)
+        else:
+            try:
+                out = plot_confusion(result["confusion"], data.labels, run_dir / "plots" / f"confusion-{split}.png",
+                                     title=f"{split} ({ckpt.name})")
+                result["confusion_png"] = str(out)
+            except OSError as e:  # a read-only checkpoint directory: the numbers still stand
+                print(f"note: cannot write the confusion-matrix picture into {run_dir / 'plots'} ({e.strerror})",
+                      file=sys.stderr)
     if baseline:
         try:
             result["baseline"] = baseline_cached(cfg, split, data.shard_dir, progress)

@@ -31,7 +31,7 @@ def mel_filterbank(n_fft: int, n_mels: int, sample_rate: int, f_min: float = 0.0
     and falls to k + 2 (n_mels + 2 points from f_min to f_max), evaluated at the FFT bin frequencies
     i · sample_rate / n_fft -> (n_fft // 2 + 1, n_mels) float32, unnormalised (peak 1)."""
     f_max = sample_rate / 2.0 if f_max is None else f_max
-    freqs = torch.linspace(0.0, sample_rate / 2.0, n_fft // 2 + 1, dtype=torch.float64)
+    freqs = torch.arange(n_fft // 2 + 1, dtype=torch.float64) * sample_rate / n_fft
     points = mel_to_hz(torch.linspace(hz_to_mel(f_min), hz_to_mel(f_max), n_mels + 2, dtype=torch.float64))
     lower, centre, upper = points[:-2], points[1:-1], points[2:]
     rising = (freqs[:, None] - lower) / (centre - lower)
@@ -52,9 +52,14 @@ class LogMel(nn.Module):
         self.register_buffer("fb", mel_filterbank(self.n_fft, n_mels, sample_rate), persistent=False)
 
     def frames(self, n_samples: int) -> int:
-        return n_samples // self.hop + 1
+        """Frames torch.stft gives a clip of ``n_samples`` (centred: padded by n_fft // 2 on both sides)."""
+        return frame_count(n_samples, self.n_fft, self.hop)
 
     def forward(self, waveform: Tensor) -> Tensor:
+        with torch.autocast(waveform.device.type, enabled=False):  # powers overflow fp16; keep the front end fp32
+            return self._logmel(waveform)
+
+    def _logmel(self, waveform: Tensor) -> Tensor:
         x = waveform.float() / 32768.0 if waveform.dtype == torch.int16 else waveform.float()
         spec = torch.stft(x, self.n_fft, self.hop, window=self.window, center=True, return_complex=True)
         power = spec.real.square() + spec.imag.square()  # (B, freq, frames)
@@ -64,10 +69,18 @@ class LogMel(nn.Module):
         return (mel - mean) / std
 
 
+def frame_count(n_samples: int, n_fft: int, hop: int) -> int:
+    return 1 + (n_samples + 2 * (n_fft // 2) - n_fft) // hop
+
+
 def audio_geometry(cfg: ModelConfig) -> tuple[int, int, int]:
     """(patch frames, patches along frequency, patches along time) of a clip: patch_size mel bins x
     patch_frames frames; the frames are cut to a whole number of patches."""
-    frames = int(cfg.clip_seconds * cfg.sample_rate) // int(round(0.010 * cfg.sample_rate)) + 1
+    if cfg.sample_rate < 1000 or cfg.clip_seconds <= 0 or not cfg.patch_size:
+        raise ValueError(f"model.sample_rate={cfg.sample_rate}, clip_seconds={cfg.clip_seconds}, "
+                         f"patch_size={cfg.patch_size}: unresolved or invalid")
+    frames = frame_count(int(cfg.clip_seconds * cfg.sample_rate), int(round(0.025 * cfg.sample_rate)),
+                         int(round(0.010 * cfg.sample_rate)))
     if cfg.n_mels % cfg.patch_size:
         raise ValueError(f"model.patch_size={cfg.patch_size} does not divide model.n_mels={cfg.n_mels}")
     if frames < cfg.patch_frames:

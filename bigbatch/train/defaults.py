@@ -50,6 +50,7 @@ DROPOUT_PASSES = 20
 # budget (small-image ViTs train for tens of epochs; random crops and flips make the repeats useful)
 VISION_TABLE = [(64, 4), (128, 4), (192, 6), (256, 6), (384, 8)]
 VISION_PASSES = 6
+VISION_PARAMS_PER_EXAMPLE = 200  # ... and has at most this many weights per training example (1,232 digits: 64 x 4)
 VISION_EPOCHS = 20  # an image run bounded by nothing else
 VISION_BATCH = 256  # images per step (at most an eighth of the training split)
 
@@ -135,14 +136,16 @@ def choose_model(task: str, budget_tokens: float | None, time_s: float | None, p
 def choose_vision_model(stats: DataStats, budget_tokens: float | None, time_s: float | None,
                         peak_flops: float | None) -> tuple[int, int, float]:
     """(d_model, n_layers, passes over the images) of the largest VISION_TABLE row that sees every training
-    image VISION_PASSES times within the budget (the smallest row when none does)."""
+    example VISION_PASSES times within the budget and has at most VISION_PARAMS_PER_EXAMPLE weights per
+    training example (the smallest row when none does)."""
     best = None
     for d, layers in VISION_TABLE:
         tokens = budget_tokens if budget_tokens is not None else math.inf
         if time_s is not None and peak_flops:
             tokens = min(tokens, time_s * estimate_tokens_per_s(peak_flops, d, layers, "vision", 0))
         passes = tokens / max(stats.n_tokens, 1)
-        if best is None or passes >= VISION_PASSES:
+        small_enough = _block_params(d, layers, "vision") <= VISION_PARAMS_PER_EXAMPLE * stats.n_examples
+        if best is None or (passes >= VISION_PASSES and small_enough):
             best = (d, layers, passes)
     return best
 
@@ -191,6 +194,8 @@ def _resolve_patches(cfg: Config, stats: DataStats) -> tuple[Config, DataStats, 
     from bigbatch.nn.models import default_patch
 
     m, notes = cfg.model, []
+    if cfg.task == "vision" and not m.image_size:
+        raise UserError("model.image_size is unset: resolve the data keys first (resolve_before_data)")
     if cfg.task == "audio":
         from bigbatch.nn.audio import audio_geometry
 
@@ -204,7 +209,10 @@ def _resolve_patches(cfg: Config, stats: DataStats) -> tuple[Config, DataStats, 
         cfg = _replace(cfg, "model", max_len=n_tokens)
         notes.append(f"{gf} x {gt} = {gf * gt} spectrogram patches a clip")
         return cfg, dataclasses.replace(stats, n_tokens=stats.n_examples * n_tokens), notes
-    patch = m.patch_size or default_patch(m.image_size)
+    patch = m.patch_size or default_patch(m.image_size, m.patch_embed == "conv")
+    if m.patch_embed == "conv" and (patch < 2 or patch & (patch - 1)):
+        raise UserError(f"model.patch_embed=conv needs a power-of-2 patch size; {m.image_size}-pixel images have "
+                        f"none >= 2 (got {patch}): set model.image_size to a multiple of 2, 4 or 8")
     if m.image_size % patch:
         raise UserError(f"model.patch_size={patch} does not divide model.image_size={m.image_size}")
     n_tokens = (m.image_size // patch) ** 2 + (m.pool == "cls")
@@ -298,7 +306,8 @@ def _resolve_model(cfg: Config, stats: DataStats, peak_flops: float | None) -> t
         cfg = _replace(cfg, "model", d_model=d, n_layers=layers)
         notes.append(f"model.d_model={d}, model.n_layers={layers}" + (
             f" (about {passes:.3g} passes over the training examples in the budget; the largest of "
-            f"{', '.join(f'{a}x{b}' for a, b in VISION_TABLE)} with >= {VISION_PASSES})" if math.isfinite(passes) else ""))
+            f"{', '.join(f'{a}x{b}' for a, b in VISION_TABLE)} with >= {VISION_PASSES} and <= "
+            f"{VISION_PARAMS_PER_EXAMPLE} weights an example)" if math.isfinite(passes) else ""))
     elif m.d_model is None or m.n_layers is None:
         d, layers, seen = choose_model(cfg.task, budget, t.max_time_s, peak_flops, stats.vocab_size)
         if m.d_model is not None:

@@ -27,6 +27,8 @@ def check_model_fits(cfg: Config, device, world_size: int = 1) -> None:
     except (RuntimeError, OverflowError) as e:  # sizes past what a tensor can hold
         raise UserError(f"the model cannot be built at this size ({str(e).splitlines()[0][:200]}); lower "
                         "model.d_model, n_layers, d_ff or vocab_size") from None
+    except ValueError as e:  # a shape the model refuses (a patch that does not divide the image, ...)
+        raise UserError(f"the model cannot be built: {str(e).splitlines()[0][:300]}") from None
     need = 16 * n / (world_size if cfg.train.parallel == "fsdp" else 1)
     if device.type == "cuda":
         free = torch.cuda.mem_get_info(device)[0]
