@@ -132,11 +132,12 @@ def test_trained_tokenizers_round_trip(tmp_path, kind):
     assert tok.vocab_size <= 300
     text = "alpha beta GAMMA delta"
     assert tok.decode(tok.encode(text)).strip() == text
-    assert json.loads((out / "manifest.json").read_text())["dtype"] == "uint16"
+    assert json.loads((out / "manifest.json").read_text())["dtype"] == ("uint8" if tok.vocab_size <= 256 else "uint16")
 
 
 def test_token_dtype_by_vocabulary():
-    assert token_dtype(259) == "uint16" and token_dtype(65536) == "uint16" and token_dtype(65537) == "uint32"
+    assert token_dtype(256) == "uint8" and token_dtype(259) == "uint16" and token_dtype(65536) == "uint16"
+    assert token_dtype(65537) == "uint32"
 
 
 def test_prepare_is_cached_and_redone_when_the_source_changes(tmp_path, monkeypatch):
