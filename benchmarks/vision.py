@@ -85,7 +85,10 @@ def write_doc(results: list[dict], path: Path) -> None:
                      f"{maj.get('accuracy', float('nan')):.4f} | >= {r['target']}: {verdict} | "
                      f"{r['train_seconds']:.0f} s, {r['step']} steps, {r['images_seen']:,} examples | "
                      f"{r['images_per_s']:,.0f} |")
-    lines += ["", "Confusion matrices: `bigbatch eval RUN --split test` writes RUN/plots/confusion-test.png.", "",
+    lines += ["", "Confusion matrices: `bigbatch eval RUN --split test` writes RUN/plots/confusion-test.png; "
+              "`bigbatch attention RUN image.png --out x.png` draws attention rollout (Abnar & Zuidema 2020) over an "
+              "image. The Fashion-MNIST run's (copied here by hand from its run directory):", "",
+              "![confusion matrix](vision_confusion.png)", "", "![attention rollout](vision_rollout.png)", "",
               CALIBRATION, "", "## Configs and what was resolved", ""]
     for r in results:
         lines += [f"### {r['name']}", "", f"config: `{json.dumps(r['config'])}`", "", "```", *r["resolved"], "```", ""]

@@ -293,7 +293,7 @@ def to_pixels(record: dict, size: int, channels: int) -> np.ndarray:
         image = image.resize((nw, nh), Image.Resampling.BICUBIC if min(w, h) < size else Image.Resampling.LANCZOS)
         left, top = (nw - size) // 2, (nh - size) // 2
         image = image.crop((left, top, left + size, top + size))
-    return np.asarray(image, dtype=np.uint8).reshape(size, size, channels)
+    return np.array(image, dtype=np.uint8).reshape(size, size, channels)  # a writable copy (torch.from_numpy)
 
 
 def load_image_file(path: str | Path, size: int, channels: int) -> np.ndarray:
