@@ -249,3 +249,17 @@ def test_baseline_command_line(tmp_path):
 def test_baseline_missing_path_exits_2(tmp_path):
     proc = run_cli("baseline", tmp_path / "nope.yaml", check=False)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "nope.yaml" in proc.stderr
+
+
+def test_tfidf_baseline_when_no_word_occurs_twice():
+    """Texts that are one unique token each (codes, sequences): no word n-gram survives min_df, the
+    character n-grams carry the baseline instead of a crash."""
+    pytest.importorskip("sklearn")
+    from bigbatch.evaluate.baseline import classify_baseline
+
+    rng = np.random.default_rng(0)
+    labels = [str(rng.choice(["low", "high"])) for _ in range(1200)]
+    texts = ["".join(rng.choice(list("abcde" if y == "low" else "fghij"), size=12)) for y in labels]
+    assert len(set(texts)) == len(texts)  # every text a word of its own
+    result = classify_baseline(texts[:1000], labels[:1000], texts[1000:], labels[1000:])
+    assert result["method"] == "tfidf_logreg" and result["accuracy"] > 0.95  # the letters tell the class

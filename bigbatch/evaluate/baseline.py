@@ -154,8 +154,16 @@ def tfidf_features(train_texts: list[str], eval_texts: list[str]):
     keep = np.flatnonzero(df >= min_df)
     word_chars = word_chars[:, keep]
     idf = (np.log((1 + len(train_texts)) / (1 + df[keep])) + 1).astype(np.float32)
-    train = _hstack_csr(word.fit_transform(train_texts), _tfidf(doc_words @ word_chars, idf))
-    evals = _hstack_csr(word.transform(eval_texts), _tfidf(words.transform(eval_texts) @ word_chars, idf))
+    try:
+        word_train, word_eval = word.fit_transform(train_texts), None
+        word_eval = word.transform(eval_texts)
+    except ValueError:  # no word n-gram occurs in 2 training documents (one unique token per text): characters only
+        from scipy.sparse import csr_matrix
+
+        word_train = csr_matrix((len(train_texts), 0), dtype=np.float32)
+        word_eval = csr_matrix((len(eval_texts), 0), dtype=np.float32)
+    train = _hstack_csr(word_train, _tfidf(doc_words @ word_chars, idf))
+    evals = _hstack_csr(word_eval, _tfidf(words.transform(eval_texts) @ word_chars, idf))
     return train, evals
 
 
