@@ -26,6 +26,8 @@ from tqdm import tqdm
 
 from bigbatch.errors import UserError
 
+# bumped when a baseline's method changes, so cached results of the old one are not reused (evaluate/run.py)
+BASELINE_VERSION = 2  # 2: evaluation words unseen in training keep their character n-grams; vision, audio
 # (examples, bytes of text) kept of a split, whichever is reached first; None = no cap. Classification's
 # features take about 50 bytes of memory per byte of text at their peak, the n-gram counts about 30.
 TRAIN_CAP = {"classify": (200_000, 40_000_000), "translate": (200_000, None), "lm": (None, 20_000_000),
@@ -146,8 +148,8 @@ def tfidf_features(train_texts: list[str], eval_texts: list[str]):
     word = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=min_df, dtype=np.float32)
     words = CountVectorizer(token_pattern=r"\S+", dtype=np.float32)  # char_wb's words: lower-cased, split on space
     doc_words = words.fit_transform(train_texts)
-    word_chars = CountVectorizer(analyzer="char_wb", ngram_range=(2, 5), lowercase=False,
-                                 dtype=np.float32).fit_transform(words.get_feature_names_out())  # (words, n-grams)
+    chars = CountVectorizer(analyzer="char_wb", ngram_range=(2, 5), lowercase=False, dtype=np.float32)
+    word_chars = chars.fit_transform(words.get_feature_names_out())  # (words, n-grams)
     df = np.zeros(word_chars.shape[1], dtype=np.int64)
     for i in range(0, doc_words.shape[0], 4096):  # document frequencies block by block: no second full matrix
         df += np.bincount((doc_words[i : i + 4096] @ word_chars).indices, minlength=len(df))
@@ -163,7 +165,16 @@ def tfidf_features(train_texts: list[str], eval_texts: list[str]):
         word_train = csr_matrix((len(train_texts), 0), dtype=np.float32)
         word_eval = csr_matrix((len(eval_texts), 0), dtype=np.float32)
     train = _hstack_csr(word_train, _tfidf(doc_words @ word_chars, idf))
-    evals = _hstack_csr(word_eval, _tfidf(words.transform(eval_texts) @ word_chars, idf))
+    # the evaluation texts' own words (a word never seen in training still has known character n-grams)
+    eval_words = CountVectorizer(token_pattern=r"\S+", dtype=np.float32)
+    try:
+        eval_doc_words = eval_words.fit_transform(eval_texts)
+        eval_chars = chars.transform(eval_words.get_feature_names_out())[:, keep]
+    except ValueError:  # every evaluation text empty
+        from scipy.sparse import csr_matrix
+
+        eval_doc_words, eval_chars = csr_matrix((len(eval_texts), 1), dtype=np.float32), word_chars[:1] * 0
+    evals = _hstack_csr(word_eval, _tfidf(eval_doc_words @ eval_chars, idf))
     return train, evals
 
 

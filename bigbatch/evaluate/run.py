@@ -18,12 +18,12 @@ def baseline_cached(cfg, split: str, shard_dir: Path | None = None, progress: bo
     shards' fingerprint (the same data and split), so a second evaluation does not fit it again."""
     from bigbatch.data.prepare import cache_root
     from bigbatch.data.shards import read_manifest, write_atomic
-    from bigbatch.evaluate.baseline import baseline
+    from bigbatch.evaluate.baseline import BASELINE_VERSION, baseline
 
     path = None
     if shard_dir is not None:
         fingerprint = read_manifest(shard_dir)["fingerprint"][:16]
-        path = cache_root() / "baselines" / f"{fingerprint}-{cfg.task}-{split}.json"
+        path = cache_root() / "baselines" / f"{fingerprint}-{cfg.task}-{split}-v{BASELINE_VERSION}.json"
     if path is not None and path.exists():
         return json.loads(path.read_text())
     result = baseline(cfg, split=split, progress=progress)
