@@ -76,6 +76,7 @@ def test_rnn_arch_is_for_classify_and_translate_only():
     assert flops_per_token(m, 8) == pytest.approx(6 * (rnn_weights + 32 * 2))
 
 
+@pytest.mark.slow
 def test_lstm_classifier_trains_from_the_command_line(tmp_path):
     rng = np.random.default_rng(0)
     rows = []
