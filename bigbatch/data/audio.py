@@ -163,7 +163,7 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
                 raise ValueError(f"a WAV of {8 * width}-bit samples; expected 16-bit PCM")
             data = np.frombuffer(w.readframes(min(n, MAX_SECONDS * rate)), dtype="<i2")  # bounded per file
     except (wave.Error, EOFError, OSError) as e:
-        raise ValueError(f"not a readable WAV file ({type(e).__name__}: {str(e)[:100]})") from None
+        raise ValueError(f"not a readable WAV file ({type(e).__name__}: {str(e)[:100] or 'the file ends early'})") from None
     if channels > 1:
         data = data[: len(data) // channels * channels].reshape(-1, channels).mean(axis=1).astype(np.int16)
     return data, rate

@@ -109,6 +109,10 @@ class AudioClassifier(nn.Module):
 
     def patches(self, waveform: Tensor) -> Tensor:
         """(B, N) -> (B, grid_f · grid_t, patch_size · patch_frames): frequency-major patches of the log-mel."""
+        if waveform.size(-1) != self.clip_samples:
+            raise ValueError(f"clips of {waveform.size(-1)} samples; the model reads {self.clip_samples} "
+                             f"({self.config.clip_seconds} s at {self.config.sample_rate} Hz): pad or cut them "
+                             "(bigbatch.data.audio.to_clip)")
         spec = self.frontend(waveform)
         pm, pf, gf, gt = self.config.patch_size, self.config.patch_frames, self.grid_f, self.grid_t
         spec = spec[:, :, : gt * pf]

@@ -255,8 +255,9 @@ def count_parameters(model: nn.Module, non_embedding: bool = False) -> int:
         if id(p) in seen:
             continue
         seen.add(id(p))
-        if non_embedding and (".tok." in f".{name}" or ".pos." in f".{name}"):
-            continue
+        parts = name.split(".")
+        if non_embedding and ({"tok", "pos"} & set(parts[:-1]) or parts[0] in ("embed", "pos")):
+            continue  # token / position tables (CausalLM embed.tok, embed.pos; a ViT's pos; an RNN's embed)
         total += p.numel()
     return total
 

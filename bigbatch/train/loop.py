@@ -330,9 +330,16 @@ def _print_header(cfg, model, plan, device, fpt, data: TaskData, strategy: str) 
     splits = data.manifest["splits"]
     print(f"model: {type(model).__name__}, {n / 1e6:.2f}M parameters ({n_ne / 1e6:.2f}M non-embedding), "
           f"{fpt / 1e6:.1f} MFLOPs/token", file=sys.stderr)
-    print(f"data: {cfg.data.source} -> {data.shard_dir}; tokenizer {data.tokenizer.kind} ({data.tokenizer.vocab_size} ids); "
-          + ", ".join(f"{k} {v['n_examples']:,} examples / {v['n_tokens']:,} tokens" for k, v in splits.items()
-                      if v["n_examples"]), file=sys.stderr)
+    if get_task(cfg.task).media:  # stored values are pixels / samples; training "tokens" are patches
+        unit = "pixels" if cfg.task == "vision" else "samples"
+        sizes = ", ".join(f"{k} {v['n_examples']:,} examples" for k, v in splits.items() if v["n_examples"])
+        print(f"data: {cfg.data.source} -> {data.shard_dir}; {sizes}; {unit} stored as {data.manifest['dtype']}; "
+              f"{cfg.model.max_len} patch tokens an example", file=sys.stderr)
+    else:
+        print(f"data: {cfg.data.source} -> {data.shard_dir}; tokenizer {data.tokenizer.kind} "
+              f"({data.tokenizer.vocab_size} ids); " + ", ".join(f"{k} {v['n_examples']:,} examples / "
+                                                               f"{v['n_tokens']:,} tokens" for k, v in splits.items()
+                                                               if v["n_examples"]), file=sys.stderr)
     ranks = f"ranks {plan.ranks} ({strategy})" if strategy != "none" else "ranks 1"
     print(f"batch: {plan.describe()}, accumulation {plan.accum_steps}, {ranks}; lr {cfg.optim.lr:g}; "
           f"device {device}{threads}", file=sys.stderr)
