@@ -46,6 +46,7 @@ def test_best_names_the_best_evaluation_and_survives_pruning(run):
     assert kept == {name, "step_00000060"}  # keep_last=1 prunes all but the latest and the best
 
 
+@pytest.mark.slow
 def test_eval_uses_best_and_scores_every_example(run):
     run_dir, _ = run
     full = [r for r in _valid_rows(run_dir) if r.get("full")][0]
@@ -92,6 +93,7 @@ def test_baseline_is_reported_beside_the_model(run):
     assert base["eval_examples"] == ev["examples"]  # the same test examples
 
 
+@pytest.mark.slow
 def test_a_finished_run_trains_nothing_again_and_keeps_its_summary(tmp_path):
     first = _train(tmp_path, "done", "train.max_steps=8", "train.eval_every=4", "train.eval_examples=20")
     run_dir = tmp_path / "done"

@@ -118,6 +118,7 @@ def test_single_label_column_is_one_line_exit_2(tmp_path):
     assert "has 1 distinct value(s)" in proc.stderr
 
 
+@pytest.mark.slow
 def test_time_bounded_run_ends_annealed_and_keeps_its_budget_on_resume(tmp_path):
     """A run bounded only by train.max_time_s decays its lr to the floor by the end; run again in the same
     directory it finds the budget spent and trains no further step."""
@@ -138,6 +139,7 @@ def test_time_bounded_run_ends_annealed_and_keeps_its_budget_on_resume(tmp_path)
     assert second["step"] == first["step"]  # the budget was spent: resumed, no further step
 
 
+@pytest.mark.slow
 def test_resume_without_a_config_uses_the_runs_own(tmp_path):
     """`bigbatch train --run-dir X` (no CONFIG) resumes X with X's config.yaml, not the embedded default."""
     from helpers import TINY

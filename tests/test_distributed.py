@@ -196,6 +196,7 @@ def children(pid: int) -> list[int]:
     return sorted(out)
 
 
+@pytest.mark.slow
 def test_a_killed_rank_ends_the_job_with_its_rank_named(tmp_path):
     run_dir = tmp_path / "kill"
     proc = subprocess.Popen([sys.executable, "-m", "bigbatch", "train", str(TINY), "--nproc", "2", "--run-dir",

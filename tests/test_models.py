@@ -143,6 +143,7 @@ def test_parameter_count_and_flops():
     assert flops_per_token(model, T) == 6 * matmul_weights + 12 * L * d * T
 
 
+@pytest.mark.slow
 def test_encoder_decoder_learns_to_reverse():
     """A few hundred steps on ragged, padded sequences: > 95% exact match with greedy and beam decoding."""
     torch.manual_seed(0)

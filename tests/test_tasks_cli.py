@@ -54,6 +54,7 @@ def test_classify_and_eval_commands(classify_run):
     assert json.loads(cli("eval", run, "--split", "test", "--json").stdout)["accuracy"] > 0.9
 
 
+@pytest.mark.slow
 def test_a_checkpoint_copied_out_of_its_run_answers_the_same(classify_run, tmp_path):
     """A checkpoint directory carries its tokenizer and class names; one that lacks them is refused."""
     run, _ = classify_run
@@ -75,6 +76,7 @@ def test_a_checkpoint_copied_out_of_its_run_answers_the_same(classify_run, tmp_p
         assert f"no {name}" in proc.stderr
 
 
+@pytest.mark.slow
 def test_translation_end_to_end(tmp_path):
     """Learn to reverse the word order from JSONL with custom field names."""
     rng = np.random.default_rng(1)
@@ -108,6 +110,7 @@ def test_wrong_task_for_command(classify_run):
     assert proc.returncode == 2 and "needs a task=translate run" in proc.stderr
 
 
+@pytest.mark.slow
 def test_attention_heatmaps_from_the_command_line(classify_run, tmp_path):
     run, _ = classify_run
     out = tmp_path / "a.png"

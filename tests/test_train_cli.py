@@ -51,6 +51,7 @@ def test_train_writes_the_run_directory(tiny_run):
     assert saved.model.vocab_size == 259 and saved.optim.base_lr == saved.optim.lr
 
 
+@pytest.mark.slow
 def test_load_generate_eval_plot(tiny_run, tmp_path):
     run_dir, summary, _ = tiny_run
     model, cfg = bigbatch.load(run_dir)
@@ -206,6 +207,7 @@ def test_non_finite_steps_are_skipped_then_stop(tmp_path, monkeypatch):
         train(load_config(TINY, base + ["train.max_bad_steps=3"]), tmp_path / "diverged", progress=False)
 
 
+@pytest.mark.slow
 def test_noise_scale_command(tmp_path):
     out = run_cli("noise-scale", TINY, "--steps", "30", "--json")
     result = json.loads(out.stdout)
@@ -250,6 +252,7 @@ def test_auto_micro_batch_and_batch_warmup(tmp_path):
     assert summary["step"] == 8
 
 
+@pytest.mark.slow
 def test_bench_commands():
     peak = json.loads(run_cli("bench", "peak", "--json").stdout)
     assert peak["peak_flops"] > 1e8

@@ -286,6 +286,7 @@ def test_attention_rollout_matches_a_manual_product():
         assert got.shape == (16,) and torch.allclose(got.double(), want / want.sum(), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_attention_command_draws_rollout_over_an_image(vision_run, tmp_path):
     d, run, _ = vision_run
     out = tmp_path / "rollout.png"
