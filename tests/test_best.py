@@ -67,6 +67,7 @@ def test_eval_uses_best_and_scores_every_example(run):
     assert bad.returncode == 2 and "no such checkpoint" in bad.stderr
 
 
+@pytest.mark.slow
 def test_patience_stops_a_run_that_does_not_improve(tmp_path):
     summary = _train(tmp_path, "flat", "train.max_steps=200", "train.eval_every=4", "train.patience=2",
                      "optim.lr=1e-9", "optim.warmup_steps=0")
@@ -108,6 +109,7 @@ def test_a_finished_run_trains_nothing_again_and_keeps_its_summary(tmp_path):
     assert json.loads((run_dir / "summary.json").read_text())["step"] == 10
 
 
+@pytest.mark.slow
 def test_dropout_of_a_time_budget_with_the_model_given_is_estimated(tmp_path):
     """The device is measured for the dropout rule too, not only to size the model."""
     data = write_jsonl(tmp_path / "d.jsonl", classify_rows(300, seed=4))

@@ -43,6 +43,7 @@ def test_classification_learns_and_reports(classify_run):
     assert all(0 <= r["padding_fraction"] < 0.5 for r in rows if "split" not in r)
 
 
+@pytest.mark.slow
 def test_classify_and_eval_commands(classify_run):
     run, summary = classify_run
     out = cli("classify", run, "--json", "my old apple", "the big hammer").stdout.splitlines()
