@@ -162,6 +162,7 @@ def test_resume_with_a_new_lr_or_epochs_takes_them():
     assert cfg.train.max_steps == pytest.approx(4e6 * 1.15 / cfg.train.global_batch_tokens, rel=0.01)
 
 
+@pytest.mark.slow
 def test_a_run_stopped_before_its_first_checkpoint_keeps_its_config(tmp_path):
     """config.yaml is written before the data is prepared: a run that dies there restarts as itself."""
     bad = tmp_path / "d.jsonl"

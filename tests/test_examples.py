@@ -5,9 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).parent.parent
 
 
+@pytest.mark.slow
 def test_seed_classifier_runs_and_its_loss_falls():
     proc = subprocess.run([sys.executable, str(ROOT / "examples" / "seed_classifier.py")], capture_output=True,
                           text=True, timeout=300, check=True)

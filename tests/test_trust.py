@@ -234,6 +234,7 @@ def fp16_on_cpu(monkeypatch):
     monkeypatch.setattr(precision_module.Precision, "__init__", init)
 
 
+@pytest.mark.slow
 def test_fp16_resume_is_exact_with_the_scaler_state(fp16_on_cpu, tmp_path):
     """The scaler backs off on the first overflowing steps; a resume must continue from its saved scale."""
     overrides = QUIET + ["train.precision=fp16", "train.save_every=2", "train.keep_last=5"]
