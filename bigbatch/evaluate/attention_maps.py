@@ -90,6 +90,21 @@ def attention_maps(model, task: str, tokenizer, text: str, max_len: int, max_new
             attn.record, attn.recorded = False, None
 
 
+def _save(fig, out: str | Path) -> Path:
+    """Write ``fig`` to the PNG ``out`` (its folder made), closing it; one line where it cannot be written."""
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, dpi=110, bbox_inches="tight")
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot write it ({e.strerror})") from None
+    finally:
+        plt.close(fig)
+    return out
+
+
 def select(maps: list[AttentionMap], stack: str | None, layer: int) -> AttentionMap:
     """The map of ``stack`` (None: cross for a translator, else the model's only stack) at ``layer``."""
     stacks = sorted({m.stack for m in maps})
@@ -130,15 +145,7 @@ def plot_attention(chosen: AttentionMap, out: str | Path, head: str = "all") -> 
         ax.set_yticks(range(L), chosen.queries, fontsize=7)
         ax.set_title(f"{chosen.stack} layer {chosen.layer} head {h}", fontsize=9)
     fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8)
-    out = Path(out)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out, dpi=110, bbox_inches="tight")
-    except OSError as e:
-        raise UserError(f"--out {out}: cannot write it ({e.strerror})") from None
-    finally:
-        plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 # --------------------------------------------------------------------------- vision: attention rollout
@@ -196,12 +203,4 @@ def plot_rollout(pixels: Tensor, rollout: Tensor, grid: int, out: str | Path, ti
     axes[0].set_title("input", fontsize=9)
     axes[1].set_title(title or "attention rollout", fontsize=9)
     fig.colorbar(shown, ax=axes[1], shrink=0.8)
-    out = Path(out)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out, dpi=110, bbox_inches="tight")
-    except OSError as e:
-        raise UserError(f"--out {out}: cannot write it ({e.strerror})") from None
-    finally:
-        plt.close(fig)
-    return out
+    return _save(fig, out)
