@@ -61,8 +61,9 @@ class ModelConfig:
     """Share the token embedding with the output projection."""
     num_classes: int = 0
     """Classifier outputs; 0 = take it from the data."""
-    pool: Literal["mean", "cls"] = "mean"
-    """Classifier pooling: mean over non-pad tokens, or the first token."""
+    pool: Literal["mean", "cls", "last"] = "mean"
+    """Classifier pooling: mean over non-pad tokens, the first token (vision/audio: a class token), or the last
+    real token (model.arch lstm/gru: the final state of each direction). Vision/audio: mean or cls."""
     pad_id: Optional[int] = None
     """Padding token id (source masks of seq2seq models); None = no padding."""
     arch: Literal["transformer", "lstm", "gru"] = "transformer"

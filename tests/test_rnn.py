@@ -16,14 +16,26 @@ from helpers import run_cli as cli
 from helpers import write_jsonl
 
 
-@pytest.mark.parametrize("arch", ["lstm", "gru"])
-def test_classifier_ignores_padding(arch):
+@pytest.mark.parametrize("arch,pool", [("lstm", "mean"), ("gru", "mean"), ("lstm", "last")])
+def test_classifier_ignores_padding(arch, pool):
     torch.manual_seed(0)
-    m = RNNClassifier(vocab_size=20, d_model=16, n_layers=2, num_classes=3, arch=arch, pad_id=0).eval()
+    m = RNNClassifier(vocab_size=20, d_model=16, n_layers=2, num_classes=3, arch=arch, pad_id=0, pool=pool).eval()
     a, b = torch.tensor([[5, 6, 7, 8, 9]]), torch.tensor([[3, 4]])
     batch = torch.tensor([[5, 6, 7, 8, 9], [3, 4, 0, 0, 0]])
     out = m(batch, batch != 0)
     assert torch.allclose(out[0], m(a)[0], atol=1e-5) and torch.allclose(out[1], m(b)[0], atol=1e-5)
+
+
+def test_last_pooling_takes_the_final_state_of_each_direction():
+    torch.manual_seed(0)
+    m = RNNClassifier(vocab_size=20, d_model=16, n_layers=1, num_classes=3, arch="lstm", pool="last").eval()
+    ids, mask = torch.tensor([[5, 6, 7, 0]]), torch.tensor([[True, True, True, False]])
+    with torch.no_grad():
+        _, (h, _) = m.rnn(m.embed(ids[:, :3]))  # h: (directions, B, hidden), final states of the unpadded row
+        expected = m.head(torch.cat([h[0], h[1]], dim=-1))
+        assert torch.allclose(m(ids, mask), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="model.pool=cls"):
+        RNNClassifier(vocab_size=20, d_model=16, num_classes=3, arch="lstm", pool="cls")
 
 
 @pytest.mark.parametrize("arch", ["lstm", "gru"])
@@ -95,3 +107,15 @@ def test_lstm_classifier_trains_from_the_command_line(tmp_path):
     summary = json.loads(out.stdout)
     assert summary["valid_accuracy"] > 0.9
     assert json.loads(cli("classify", run, "--json", "my red apple").stdout)["label"] == "fruit"
+
+
+def test_transformer_last_pooling_ignores_padding_and_images_refuse_it():
+    from bigbatch.nn.models import TextClassifier, ViT
+
+    torch.manual_seed(0)
+    m = TextClassifier(vocab_size=20, d_model=16, n_heads=2, n_layers=1, num_classes=3, pool="last").eval()
+    batch = torch.tensor([[5, 6, 7, 8], [3, 4, 0, 0]])
+    out = m(batch, batch != 0)
+    assert torch.allclose(out[1], m(batch[1:, :2])[0], atol=1e-5)
+    with pytest.raises(ValueError, match="model.pool=last"):
+        ViT(image_size=8, patch_size=4, channels=1, num_classes=3, d_model=16, n_heads=2, n_layers=1, pool="last")

@@ -133,6 +133,8 @@ class TextClassifier(nn.Module):
         h = self.encoder(self.embed(input_ids), key_mask=attention_mask)  # (B, T, D)
         if self.config.pool == "cls":
             pooled = h[:, 0]
+        elif self.config.pool == "last":
+            pooled = h[torch.arange(h.size(0), device=h.device), last_positions(attention_mask, h.size(1), h.device)]
         elif attention_mask is None:
             pooled = h.mean(dim=1)
         else:
@@ -150,12 +152,21 @@ def default_patch(image_size: int, power_of_2: bool = False) -> int:
     return min(divisors or [1], key=lambda p: (abs(p - image_size / 7), p))
 
 
+def last_positions(mask: Tensor | None, length: int, device) -> Tensor:
+    """Index of each row's last real position (B,) in right-padded rows: mask (B, T) or None (every row full)."""
+    if mask is None:
+        return torch.full((1,), length - 1, device=device, dtype=torch.long)
+    return (mask.sum(dim=1) - 1).clamp(min=0)
+
+
 class PatchTransformer(nn.Module):
     """The encoder of patches both ViT and the audio classifier share: a linear patch embedding, a class token
     (pool=cls) or mean pooling, positions (learned table, fixed sinusoids, or rope inside attention), the
     existing Encoder and a linear head. Subclasses cut their input into ``n_patches`` vectors of ``patch_dim``."""
 
     def _build(self, cfg: ModelConfig, n_patches: int, patch_dim: int) -> None:
+        if cfg.pool == "last":
+            raise ValueError("model.pool=last: image and audio models pool the patches by mean or a class token (cls)")
         self.n_tokens = n_patches + (cfg.pool == "cls")
         if cfg.max_len < self.n_tokens:  # the encoder's rotary table (pos=rope) covers every patch
             cfg = dataclasses.replace(cfg, max_len=self.n_tokens)

@@ -38,8 +38,9 @@ def _check(cfg: ModelConfig) -> None:
 
 
 class RNNClassifier(nn.Module):
-    """Embedding -> bidirectional LSTM/GRU (d_model / 2 a direction, n_layers) -> mean over real positions ->
-    linear head. input_ids (B, T), attention_mask (B, T) -> logits (B, C)."""
+    """Embedding -> bidirectional LSTM/GRU (d_model / 2 a direction, n_layers) -> mean over real positions
+    (pool=mean) or the final state of each direction (pool=last: the forward RNN at the last real token, the
+    backward one at the first) -> linear head. input_ids (B, T), attention_mask (B, T) -> logits (B, C)."""
 
     def __init__(self, config: ModelConfig | None = None, **overrides):
         from bigbatch.nn.models import _resolve
@@ -47,6 +48,8 @@ class RNNClassifier(nn.Module):
         super().__init__()
         cfg = self.config = _resolve(config, overrides, ("vocab_size", "num_classes"))
         _check(cfg)
+        if cfg.pool == "cls":
+            raise ValueError("model.pool=cls: an RNN classifier pools by mean or by its final states (last)")
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.rnn = _rnn(cfg.arch, cfg.d_model, cfg.d_model // 2, cfg.n_layers, cfg.dropout, bidirectional=True)
         self.dropout = nn.Dropout(cfg.dropout)
@@ -57,7 +60,14 @@ class RNNClassifier(nn.Module):
         if attention_mask is None and self.config.pad_id is not None:
             attention_mask = input_ids != self.config.pad_id
         h = _run_packed(self.rnn, self.dropout(self.embed(input_ids)), attention_mask)
-        if attention_mask is None:
+        if self.config.pool == "last":
+            from bigbatch.nn.models import last_positions
+
+            rows = torch.arange(h.size(0), device=h.device)
+            half = h.size(-1) // 2
+            forward_end = h[rows, last_positions(attention_mask, h.size(1), h.device), :half]
+            pooled = torch.cat([forward_end, h[:, 0, half:]], dim=-1)
+        elif attention_mask is None:
             pooled = h.mean(dim=1)
         else:
             m = attention_mask.to(h.dtype).unsqueeze(-1)
