@@ -119,3 +119,14 @@ def test_transformer_last_pooling_ignores_padding_and_images_refuse_it():
     assert torch.allclose(out[1], m(batch[1:, :2])[0], atol=1e-5)
     with pytest.raises(ValueError, match="model.pool=last"):
         ViT(image_size=8, patch_size=4, channels=1, num_classes=3, d_model=16, n_heads=2, n_layers=1, pool="last")
+
+
+def test_cpu_runs_flush_subnormal_floats_to_zero():
+    """Subnormal arithmetic is many times slower on x86; fading LSTM gradients live there."""
+    from bigbatch.train.setup import resolve_device
+
+    torch.set_flush_denormal(False)
+    tiny = torch.tensor([1e-39])
+    assert (tiny * 1.0).item() != 0.0
+    resolve_device("cpu")
+    assert (tiny * 1.0).item() == 0.0

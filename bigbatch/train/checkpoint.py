@@ -444,6 +444,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", checkpoint:
     config = load_config(ckpt / "config.yaml")
     model = build_model(config.task, config.model)
     st_load_model(model, str(ckpt / "model.safetensors"), device=str(device))
+    if torch.device(device).type == "cpu":
+        from bigbatch.train.setup import flush_denormals
+
+        flush_denormals()
     return model.to(device).eval(), config
 
 
