@@ -37,9 +37,28 @@ def _params(task: str, **model) -> int:
     return count_parameters(build_model(task, ModelConfig(**model)))
 
 
-def matched_lstm_width(task: str, transformer: dict, vocab: int, classes: int = 0) -> int:
-    """The even LSTM width with the parameter count nearest the Transformer's (same layers and vocabulary)."""
+def run_params(run_dir: str | Path) -> int:
+    """The parameter count of the model a run's config.yaml describes (its resolved max_len included)."""
+    from bigbatch.config import load_config
+    from bigbatch.nn.models import build_model, count_parameters
+
+    cfg = load_config(Path(run_dir) / "config.yaml")
+    return count_parameters(build_model(cfg.task, cfg.model))
+
+
+def _resolved(run_dir: str | Path) -> list[str]:
+    """--set lines pinning the dropout and learning rate a run resolved, for its equal-steps twin."""
+    from bigbatch.config import load_config
+
+    cfg = load_config(Path(run_dir) / "config.yaml")
+    return [f"model.dropout={cfg.model.dropout}", f"optim.lr={cfg.optim.lr}"]
+
+
+def matched_lstm_width(task: str, transformer: dict, vocab: int, classes: int = 0, max_len: int = 256) -> int:
+    """The even LSTM width with the parameter count nearest the Transformer's (same layers, vocabulary and
+    max_len: a learned position table counts)."""
     extra = {"vocab_size": vocab, "num_classes": classes} if classes else {"vocab_size": vocab}
+    transformer = {**transformer, "max_len": max_len}
     target = _params(task, **transformer, **extra)
     layers = {k: v for k, v in transformer.items() if k.startswith("n_") and k != "n_heads"}
     return min(range(16, 1025, 2), key=lambda d: abs(_params(task, arch="lstm", d_model=d, **layers, **extra) - target))
@@ -84,8 +103,8 @@ def long_range_data(k: int, n: int = 6000, seed: int = 0) -> Path:
 def part_long(ks: list[int], seconds: float, steps: int) -> list[dict]:
     rows = []
     tf = {"d_model": 64, "n_layers": 2, "n_heads": 2}
-    width = matched_lstm_width("classify", tf, 259, 10)
     for k in ks:
+        width = matched_lstm_width("classify", tf, 259, 10, max_len=k + 16)
         data = long_range_data(k)
         base = ["task=classify", f"data.source={data}", "data.tokenizer=byte", f"model.max_len={k + 16}",
                 "train.micro_batch_size=64", "train.eval_every=0", "train.baseline=false", "optim.lr=2e-3",
@@ -101,9 +120,7 @@ def part_long(ks: list[int], seconds: float, steps: int) -> list[dict]:
                 rows.append({"k": k, "arch": arch, "regime": regime, "accuracy": ev["accuracy"],
                              "steps": summary["step"], "train_seconds": summary["train_seconds"],
                              "tokens_per_s": summary["tokens_per_s"], "wall_s": time.time() - t0,
-                             "params": _params("classify", vocab_size=259, num_classes=10,
-                                               **({"arch": "lstm", "d_model": width, "n_layers": 2} if arch == "lstm"
-                                                  else tf))})
+                             "params": run_params(summary["run_dir"]), "pool": "last" if arch == "lstm" else "mean"})
                 print(json.dumps(rows[-1]), file=sys.stderr)
     return rows
 
@@ -118,7 +135,7 @@ def part_throughput(lengths: list[int], tokens: int = 16384, reps: int = 5) -> l
     flush_denormals()  # as bigbatch train does on a CPU
     torch.manual_seed(0)
     tf = {"d_model": 128, "n_layers": 2, "n_heads": 2}
-    width = matched_lstm_width("classify", tf, 4096, 20)
+    width = matched_lstm_width("classify", tf, 4096, 20, max_len=max(lengths))
     rows = []
     for arch, model in (("transformer", tf), ("lstm", {"arch": "lstm", "d_model": width, "n_layers": 2})):
         for L in lengths:
@@ -168,8 +185,10 @@ def part_real(seconds: float) -> list[dict]:
             if timed[arch] == steps:  # its equal-time run already stopped at this step count
                 rows.append({**next(r for r in rows if r["data"] == name and r["arch"] == arch), "regime": "steps"})
                 continue
+            twin = WORK / "runs" / f"real-{name.replace(':', '-')}-{arch}-time"
             summary = _train(f"real-{name.replace(':', '-')}-{arch}-steps", [f"task={task}", f"data.source={source}",
-                                                                             f"train.max_steps={steps}", *sets])
+                                                                             f"train.max_steps={steps}", *sets,
+                                                                             *_resolved(twin)])
             rows.append(_real_row(name, arch, "steps", summary, metric, tf["d_model"] if arch == "transformer" else width))
     return rows
 
@@ -178,7 +197,7 @@ def _real_row(name: str, arch: str, regime: str, summary: dict, metric: str, wid
     ev = _eval(summary["run_dir"])
     row = {"data": name, "arch": arch, "regime": regime, metric: ev[metric], "steps": summary["step"],
            "train_seconds": summary["train_seconds"], "tokens_per_s": summary["tokens_per_s"],
-           "baseline": ev.get("baseline", {}), "d_model": width}
+           "baseline": ev.get("baseline", {}), "d_model": width, "params": run_params(summary["run_dir"])}
     print(json.dumps(row)[:500], file=sys.stderr)
     return row
 
@@ -228,16 +247,19 @@ def write_doc(results: dict, path: Path) -> None:
              "attention).", ""]
     if results.get("long"):
         lines += ["## Long-range dependency (label = the letter k positions before the end)", "",
-                  "| k | regime | Transformer accuracy (steps) | LSTM accuracy (steps) |", "|---|---|---|---|"]
+                  "| k | regime | Transformer accuracy (steps) | LSTM accuracy (steps) | training tokens/s, Transformer / "
+                  "LSTM | parameters, Transformer / LSTM |", "|---|---|---|---|---|---|"]
         for k in sorted({r["k"] for r in results["long"]}):
             for regime in ("time", "steps"):
                 cell = {r["arch"]: r for r in results["long"] if r["k"] == k and r["regime"] == regime}
                 if len(cell) == 2:
                     lines.append(f"| {k} | equal {'wall time' if regime == 'time' else 'steps'} | "
                                  f"{cell['transformer']['accuracy']:.3f} ({cell['transformer']['steps']}) | "
-                                 f"{cell['lstm']['accuracy']:.3f} ({cell['lstm']['steps']}) |")
-        p = {r["arch"]: r["params"] for r in results["long"]}
-        lines += ["", f"Parameters: Transformer {p.get('transformer', 0):,}, LSTM {p.get('lstm', 0):,}. Chance is 0.1.",
+                                 f"{cell['lstm']['accuracy']:.3f} ({cell['lstm']['steps']}) | "
+                                 f"{cell['transformer']['tokens_per_s']:,.0f} / {cell['lstm']['tokens_per_s']:,.0f} | "
+                                 f"{cell['transformer']['params']:,} / {cell['lstm']['params']:,} |")
+        lines += ["", "Chance is 0.1. The Transformer pools by mean over positions (learned positions); the LSTM "
+                  "(bidirectional, 2 layers) by the final state of each direction (`model.pool: last`).",
                   "", "![long range](transformer_vs_rnn_long.png)", ""]
     if results.get("throughput"):
         lines += ["## Training speed against sequence length (16k tokens a step)", "",
@@ -257,7 +279,8 @@ def write_doc(results: dict, path: Path) -> None:
                   f"copy-source {base.get('methods', {}).get('copy_source', {}).get('bleu', float('nan')):.1f}, "
                   f"dictionary {base.get('methods', {}).get('word_dictionary', {}).get('bleu', float('nan')):.1f}")
             regime = "equal wall time" if r.get("regime", "time") == "time" else "equal steps"
-            lines.append(f"| {r['data']} | {regime} | {r['arch']} (d_model {r['d_model']}) | {metric} {r[metric]:.3f} | "
+            lines.append(f"| {r['data']} | {regime} | {r['arch']} (d_model {r['d_model']}, {r.get('params', 0) / 1e6:.2f}M) | "
+                         f"{metric} {r[metric]:.3f} | "
                          f"{r['steps']} | {r.get('train_seconds', 0):.0f} | {r['tokens_per_s']:,.0f} | {bl} |")
         lines.append("")
     lines += ["## The founding document's two claims", "", results.get("answer", "(see the tables)"), ""]

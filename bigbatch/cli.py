@@ -446,6 +446,9 @@ def main(argv: list[str] | None = None) -> int:
         args.text += extra  # TEXT arguments given after an option: `classify RUN --json "a" "b"`
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    from bigbatch.train.setup import flush_denormals
+
+    flush_denormals()  # first, before torch starts its CPU threads
     try:
         return args.func(args)
     except UserError as e:

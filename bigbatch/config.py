@@ -81,8 +81,8 @@ class ModelConfig:
     patch_embed: Literal["linear", "conv"] = "linear"
     """vision: linear = the ViT's patch embedding (a linear map of each flattened patch); conv = a
     convolutional stem (Xiao et al. 2021, "Early convolutions help transformers see better"): log2(patch_size)
-    3x3 stride-2 convolutions with group norm (per example: accumulation stays exact) and ReLU, then a 1x1
-    to d_model, giving the same patch grid; patch_size must be a power of 2."""
+    stages of a 3x3 stride-2 and a 3x3 stride-1 convolution, each with group norm (per example: accumulation
+    stays exact) and ReLU, then a 1x1 to d_model, giving the same patch grid; patch_size must be a power of 2."""
     sample_rate: int = 0
     """audio: samples per second every clip is resampled to when the data is prepared; 0 = 16000."""
     clip_seconds: float = 0.0
@@ -336,6 +336,10 @@ class Config:
                             f"one of {', '.join(allowed.get(self.task, ('auto', 'loss')))}")
         if self.model.arch != "transformer" and self.task not in ("classify", "translate"):
             raise UserError(f"model.arch={self.model.arch} is a baseline for task classify or translate, not task={self.task}")
+        if self.model.pool == "last" and self.task in ("vision", "audio"):
+            raise UserError(f"model.pool=last: task={self.task} pools the patches by mean or a class token (cls)")
+        if self.model.pool == "cls" and self.model.arch != "transformer":
+            raise UserError(f"model.pool=cls: model.arch={self.model.arch} pools by mean or by its final states (last)")
         if self.task == "lm" and self.model.max_len and self.data.seq_len > self.model.max_len:  # before any data is prepared
             raise UserError(f"data.seq_len={self.data.seq_len} is longer than model.max_len={self.model.max_len}")
 

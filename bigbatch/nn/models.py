@@ -153,10 +153,12 @@ def default_patch(image_size: int, power_of_2: bool = False) -> int:
 
 
 def last_positions(mask: Tensor | None, length: int, device) -> Tensor:
-    """Index of each row's last real position (B,) in right-padded rows: mask (B, T) or None (every row full)."""
+    """Index of each row's last real position (B,): mask (B, T), True / nonzero at real tokens, or None
+    (every row full). A row without a real token gives 0."""
     if mask is None:
         return torch.full((1,), length - 1, device=device, dtype=torch.long)
-    return (mask.sum(dim=1) - 1).clamp(min=0)
+    real = mask.bool()
+    return torch.where(real.any(dim=1), (length - 1) - real.flip(1).int().argmax(dim=1), 0)
 
 
 class PatchTransformer(nn.Module):
@@ -197,19 +199,21 @@ class PatchTransformer(nn.Module):
 
 
 def conv_stem(channels: int, patch: int, d_model: int) -> nn.Sequential:
-    """log2(patch) 3x3 stride-2 convolutions (widths doubling up to d_model / 2), each with group norm and ReLU,
-    then a 1x1 convolution to d_model: (B, C, H, W) -> (B, d_model, H / patch, W / patch)."""
+    """log2(patch) stages, each a 3x3 stride-2 convolution then a 3x3 stride-1 one (widths doubling up to
+    d_model / 2), every convolution with group norm and ReLU, then a 1x1 convolution to d_model:
+    (B, C, H, W) -> (B, d_model, H / patch, W / patch)."""
     steps = patch.bit_length() - 1
     if patch < 2 or 1 << steps != patch:
         raise ValueError(f"model.patch_embed=conv needs a power-of-2 model.patch_size >= 2, got {patch}")
     layers, width = [], channels
     for k in range(steps):
         out = max(d_model // 2 ** (steps - k), 8)
-        # group norm, not batch norm: statistics per example keep gradient accumulation and data
-        # parallelism exact (the sum over micro-batches / ranks equals the whole batch's gradient)
-        layers += [nn.Conv2d(width, out, 3, stride=2, padding=1, bias=False), nn.GroupNorm(math.gcd(8, out), out),
-                   nn.ReLU()]
-        width = out
+        for stride in (2, 1):
+            # group norm, not batch norm: statistics per example keep gradient accumulation and data
+            # parallelism exact (the sum over micro-batches / ranks equals the whole batch's gradient)
+            layers += [nn.Conv2d(width, out, 3, stride=stride, padding=1, bias=False),
+                       nn.GroupNorm(math.gcd(8, out), out), nn.ReLU()]
+            width = out
     layers.append(nn.Conv2d(width, d_model, 1))
     return nn.Sequential(*layers)
 
