@@ -63,7 +63,8 @@ def test_conv_stem_reads_the_image_and_keeps_the_grid():
     assert m(x).shape == (2, 5)
     assert torch.allclose(seen["inp"], x.permute(0, 3, 1, 2).float() / 127.5 - 1.0)  # the image itself, (B, C, H, W)
     assert seen["out"].shape == (2, 8, 8, 8) and grid["tokens"] == (2, 16, 32)  # 2 stride-2 convs: a 4x4 grid
-    assert [type(layer).__name__ for layer in m.stem] == ["Conv2d", "GroupNorm", "ReLU"] * 2 + ["Conv2d"]
+    assert [type(layer).__name__ for layer in m.stem] == ["Conv2d", "GroupNorm", "ReLU"] * 4 + ["Conv2d"]
+    assert [layer.stride[0] for layer in m.stem if isinstance(layer, torch.nn.Conv2d)] == [2, 1, 2, 1, 1]
     from bigbatch.config import ModelConfig
 
     with pytest.raises(UserError, match="power-of-2"):
