@@ -130,9 +130,9 @@ def part_throughput(lengths: list[int], tokens: int = 16384, reps: int = 5) -> l
 
     from bigbatch.config import ModelConfig
     from bigbatch.nn.models import build_model
-    from bigbatch.train.setup import flush_denormals
+    from bigbatch.train.setup import subnormals_flushed
 
-    flush_denormals()  # as bigbatch train does on a CPU
+    subnormals_flushed().__enter__()  # as bigbatch train does, for the rest of this process
     torch.manual_seed(0)
     tf = {"d_model": 128, "n_layers": 2, "n_heads": 2}
     width = matched_lstm_width("classify", tf, 4096, 20, max_len=max(lengths))

@@ -446,11 +446,11 @@ def main(argv: list[str] | None = None) -> int:
         args.text += extra  # TEXT arguments given after an option: `classify RUN --json "a" "b"`
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    from bigbatch.train.setup import flush_denormals
+    from bigbatch.train.setup import subnormals_flushed
 
-    flush_denormals()  # first, before torch starts its CPU threads
     try:
-        return args.func(args)
+        with subnormals_flushed():
+            return args.func(args)
     except UserError as e:
         if args.debug:
             raise

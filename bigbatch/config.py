@@ -561,6 +561,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), base:
             raise UserError(f"{path}: expected a mapping of config keys at the top level")
         values = merge(values, loaded)
     sets = parse_set(list(overrides))
+    for item in overrides:  # a value given on the command line is not the file's line
+        where[item.split("=", 1)[0].strip()] = "--set: "
     for key, base in (("lr", "base_lr"), ("warmup_steps", "base_warmup_steps")):
         given = sets.get("optim") or {}
         if key in given and base not in given and isinstance(values.get("optim"), dict):

@@ -118,3 +118,11 @@ def test_dropout_of_a_time_budget_with_the_model_given_is_estimated(tmp_path):
                    "train.max_time_s=2", "--set", "train.baseline=false")
     note = next(n for n in proc.stderr.split("; ") if n.startswith("model.dropout="))
     assert "passes over the training data" in note
+
+
+def test_a_run_that_stops_inside_its_fixed_warmup_says_so(tmp_path):
+    data = write_jsonl(tmp_path / "d.jsonl", classify_rows(300, seed=5))
+    proc = run_cli("train", "--run-dir", tmp_path / "r", "--no-progress", "--set", "task=classify", "--set",
+                   f"data.source={data}", "--set", "model.d_model=32", "--set", "model.n_layers=1", "--set",
+                   "train.max_time_s=2", "--set", "optim.warmup_steps=100000", "--set", "train.baseline=false")
+    assert "inside its 100000 warm-up steps (optim.warmup_steps)" in proc.stderr

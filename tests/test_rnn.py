@@ -131,17 +131,18 @@ def test_transformer_last_pooling_ignores_padding_and_images_refuse_it():
         Config(task="classify", model=ModelConfig(arch="gru", pool="cls"))
 
 
-def test_cpu_runs_flush_subnormal_floats_to_zero():
-    """Subnormal arithmetic is many times slower on x86; fading LSTM gradients live there."""
-    from bigbatch.train.setup import resolve_device
+def test_training_and_evaluation_flush_subnormal_floats_and_restore_the_mode():
+    """Subnormal arithmetic is many times slower on x86; fading LSTM gradients live there. The caller's own
+    floating-point mode comes back afterwards (hypothesis, for one, refuses to run with subnormals flushed)."""
+    from bigbatch.evaluate.run import evaluate_run
+    from bigbatch.train.loop import train
+    from bigbatch.train.setup import subnormals_flushed
 
     tiny = torch.tensor([1e-39])
-    before = (tiny * 1.0).item() == 0.0
-    try:
-        if not torch.set_flush_denormal(False):
-            pytest.skip("this CPU cannot flush subnormals")
-        assert (tiny * 1.0).item() != 0.0
-        resolve_device("cpu")
+    if not torch.set_flush_denormal(False):
+        pytest.skip("this CPU cannot flush subnormals")
+    assert (tiny * 1.0).item() != 0.0
+    with subnormals_flushed():
         assert (tiny * 1.0).item() == 0.0
-    finally:
-        torch.set_flush_denormal(before)
+    assert (tiny * 1.0).item() != 0.0
+    assert all(getattr(f, "__wrapped__", None) for f in (train, evaluate_run))  # both run inside it

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from bigbatch.errors import UserError
+from bigbatch.train.setup import subnormals_flushed
 
 
 def baseline_cached(cfg, split: str, shard_dir: Path | None = None, progress: bool = False) -> dict:
@@ -33,6 +34,7 @@ def baseline_cached(cfg, split: str, shard_dir: Path | None = None, progress: bo
     return result
 
 
+@subnormals_flushed()
 def evaluate_run(path: str | Path, split: str = "valid", checkpoint: str = "best", beam: int = 4,
                  length_penalty: float = 1.0, max_examples: int | None = None, seed: int = 0, decode: bool = True,
                  baseline: bool = True, device: str | None = None, progress: bool = False) -> dict:

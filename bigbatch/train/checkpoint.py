@@ -436,17 +436,12 @@ def read_trainer_state(ckpt: Path) -> dict:
         raise UserError(f"{path}: refused: it holds more than data ({why})") from None
 def load_model(path: str | Path, device: str | torch.device = "cpu", checkpoint: str = "best"):
     """bigbatch.load: a run or checkpoint directory -> (model in eval mode, Config); in a run directory
-    ``checkpoint`` is best (default), latest or a step_N name. On a CPU it sets torch.set_flush_denormal(True)
-    for the process, as training does (subnormal floats count as zero: the same results to ~1e-38, faster)."""
+    ``checkpoint`` is best (default), latest or a step_N name."""
     from bigbatch.nn.models import build_model
 
     ckpt = resolve_checkpoint(path, checkpoint)
     verify(ckpt)
     config = load_config(ckpt / "config.yaml")
-    if torch.device(device).type == "cpu":  # before the model's threads start
-        from bigbatch.train.setup import flush_denormals
-
-        flush_denormals()
     try:
         model = build_model(config.task, config.model)
         st_load_model(model, str(ckpt / "model.safetensors"), device=str(device))

@@ -40,7 +40,7 @@ from bigbatch.train.metrics import MetricsLogger, peak_flops
 from bigbatch.train.noise import NoiseScale
 from bigbatch.train.optim import build_optimizer, build_scheduler, scale_for_batch
 from bigbatch.train.report import report
-from bigbatch.train.setup import BatchPlan, global_batch_for_scaling, setup_run
+from bigbatch.train.setup import BatchPlan, global_batch_for_scaling, setup_run, subnormals_flushed
 from bigbatch.train.validation import (BLEU_SAMPLE, BestTracker, eval_due, final_batches, metric_for,
                                        periodic_batches)
 
@@ -107,6 +107,7 @@ def _check_compatible(saved_path: Path, cfg: Config) -> None:
         raise UserError(f"cannot resume {saved_path}: the model differs from the checkpoint's ({'; '.join(diff) or 'task'})")
 
 
+@subnormals_flushed()
 def train(cfg: Config, run_dir: str | Path | None = None, progress: bool = True) -> dict:
     """Train ``cfg`` into ``run_dir`` (resuming from its latest checkpoint if it has one).
 

@@ -32,6 +32,11 @@ def report(cfg: Config, model: torch.nn.Module, data, valid, run_dir: Path, devi
     if extra.get("best_step") is not None:
         print(f"best: {extra['best_metric']} {extra['best_value']:.4f} at step {extra['best_step']} "
               f"(checkpoints/best; eval, classify, translate and generate use it)", file=sys.stderr)
+    warmup = cfg.optim.warmup_steps
+    if warmup and 0 < state["step"] < warmup:
+        print(f"note: the run stopped at step {state['step']}, inside its {warmup} warm-up steps "
+              f"(optim.warmup_steps): the learning rate never reached optim.lr={cfg.optim.lr:g}; give it more "
+              "time or steps, or lower optim.warmup_steps", file=sys.stderr)
     task.after_report(cfg, model, data, valid, device)
     return summary
 

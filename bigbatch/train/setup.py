@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import dataclasses
 from pathlib import Path
 
@@ -40,20 +42,25 @@ class BatchPlan:
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"train.device={name}: CUDA is not available on this machine; use cpu or auto")
-    device = torch.device(name)
-    if device.type == "cpu":
-        flush_denormals()
-    return device
+    return torch.device(name)
 
 
-def flush_denormals() -> None:
-    """Treat subnormal floats (|x| < 1.2e-38) as zero on the CPU. Gradients that fade through an LSTM's
-    time steps reach that range, and x86 arithmetic on subnormals is many times slower: a 2-layer LSTM
-    over 528 tokens trained 6.6x slower without this (measured in docs/transformer_vs_rnn.md)."""
+@contextlib.contextmanager
+def subnormals_flushed():
+    """Within: subnormal floats (|x| < 1.2e-38) count as zero on the CPU, as training, evaluation and the
+    command line run; the caller's mode is restored after (usable as a decorator). Gradients that fade through
+    an LSTM's time steps reach that range, and x86 arithmetic on subnormals is many times slower: a 2-layer
+    LSTM over 528 tokens trained 6.6x slower without this (docs/transformer_vs_rnn.md)."""
+    tiny = torch.tensor([1e-39])
+    before = bool((tiny * 1.0).item() == 0.0)
     torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(before)
 
 
 def plan_batch(cfg: Config, ranks: int = 1) -> BatchPlan:
