@@ -1,6 +1,7 @@
 """checkpoints/best, early stopping and honest evaluation, through the real command line."""
 
 import json
+import re
 
 import pytest
 
@@ -126,3 +127,11 @@ def test_a_run_that_stops_inside_its_fixed_warmup_says_so(tmp_path):
                    f"data.source={data}", "--set", "model.d_model=32", "--set", "model.n_layers=1", "--set",
                    "train.max_time_s=2", "--set", "optim.warmup_steps=100000", "--set", "train.baseline=false")
     assert "inside its 100000 warm-up steps (optim.warmup_steps)" in proc.stderr
+
+
+def test_periodic_validation_is_printed_without_a_progress_bar(tmp_path):
+    data = write_jsonl(tmp_path / "d.jsonl", classify_rows(300, seed=6))
+    proc = run_cli("train", "--run-dir", tmp_path / "r", "--no-progress", "--set", "task=classify", "--set",
+                   f"data.source={data}", "--set", "model.d_model=32", "--set", "model.n_layers=1", "--set",
+                   "train.max_steps=6", "--set", "train.eval_every=3", "--set", "train.baseline=false")
+    assert re.search(r"^valid at step 3: loss \d+\.\d{4}, accuracy \d\.\d{4}", proc.stderr, re.M)

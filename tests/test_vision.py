@@ -165,6 +165,7 @@ def test_image_folder_trains_classifies_and_evaluates(vision_run):
     ev = json.loads(cli("eval", run, "--split", "test", "--json").stdout)
     assert ev["accuracy"] > 0.8 and "macro_f1" in ev and ev["examples"] == 60
     assert sum(map(sum, ev["confusion"])) == ev["examples"]
+    assert sorted(ev["labels"]) == sorted(p.name for p in (d / "test").iterdir()) == ev["labels"]  # rows in order
     assert ev["baseline"]["method"] == "pixels_logreg" and "majority" in ev["baseline"]["methods"]
     png = run / "plots" / "confusion-test.png"
     assert ev["confusion_png"] == str(png) and png.read_bytes()[:4] == b"\x89PNG"

@@ -72,6 +72,8 @@ def evaluate_run(path: str | Path, split: str = "valid", checkpoint: str = "best
     if "confusion" in result:  # classify / vision: the matrix as a picture, in the run's plots/
         from bigbatch.evaluate.confusion import plot_confusion
 
+        result["labels"] = list(data.labels)  # row = true class, column = predicted, in this order
+
         run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt
         if len(data.labels) > 100:
             print(f"note: no confusion-matrix picture for {len(data.labels)} classes (the matrix is in --json)",

@@ -517,7 +517,12 @@ def _run(ctx: _Context, state: dict, stop: _StopSignal, progress: bool) -> None:
         saved = False
         if not last and eval_due(ctx.cfg, state["step"], ctx.clock, ctx.last_eval_clock):
             ctx.last_eval_clock, ctx.last_eval_step = ctx.clock, state["step"]
-            improved = ctx.best.update(state["step"], _evaluate(ctx, state, final=False))
+            evaluated = _evaluate(ctx, state, final=False)
+            improved = ctx.best.update(state["step"], evaluated)
+            if ctx.dist.is_main:  # through tqdm, so a bar stays intact; without one it is the only sign
+                shown = [f"{k} {evaluated[k]:.4f}" for k in ("loss", "accuracy", "macro_f1", "bleu", "bits_per_byte")
+                         if isinstance(evaluated.get(k), (int, float))]
+                bar.bar.write(f"valid at step {state['step']}: {', '.join(shown)}", file=sys.stderr)
             if improved or not t.save_every:
                 _save(ctx, state, best=improved)
                 saved = True
