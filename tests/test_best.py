@@ -133,5 +133,8 @@ def test_periodic_validation_is_printed_without_a_progress_bar(tmp_path):
     data = write_jsonl(tmp_path / "d.jsonl", classify_rows(300, seed=6))
     proc = run_cli("train", "--run-dir", tmp_path / "r", "--no-progress", "--set", "task=classify", "--set",
                    f"data.source={data}", "--set", "model.d_model=32", "--set", "model.n_layers=1", "--set",
-                   "train.max_steps=6", "--set", "train.eval_every=3", "--set", "train.baseline=false")
+                   "train.max_steps=6", "--set", "train.eval_every=3", "--set", "train.baseline=false",
+                   "--set", "data.tokenizer=bpe", "--set", "data.vocab_size=4000")
     assert re.search(r"^valid at step 3: loss \d+\.\d{4}, accuracy \d\.\d{4}", proc.stderr, re.M)
+    # the tokenizer learned fewer ids than asked, and the data line says so
+    assert re.search(r"tokenizer bpe \(\d+ ids, of data.vocab_size=4000: the training text gave no more\)", proc.stderr)

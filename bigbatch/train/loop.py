@@ -337,8 +337,11 @@ def _print_header(cfg, model, plan, device, fpt, data: TaskData, strategy: str) 
         print(f"data: {cfg.data.source} -> {data.shard_dir}; {sizes}; {unit} stored as {data.manifest['dtype']}; "
               f"{cfg.model.max_len} patch tokens an example", file=sys.stderr)
     else:
+        learned = data.tokenizer.vocab_size
+        short = (f", of data.vocab_size={cfg.data.vocab_size}: the training text gave no more"
+                 if cfg.data.vocab_size and learned < cfg.data.vocab_size * 0.9 else "")
         print(f"data: {cfg.data.source} -> {data.shard_dir}; tokenizer {data.tokenizer.kind} "
-              f"({data.tokenizer.vocab_size} ids); " + ", ".join(f"{k} {v['n_examples']:,} examples / "
+              f"({learned} ids{short}); " + ", ".join(f"{k} {v['n_examples']:,} examples / "
                                                                f"{v['n_tokens']:,} tokens" for k, v in splits.items()
                                                                if v["n_examples"]), file=sys.stderr)
     ranks = f"ranks {plan.ranks} ({strategy})" if strategy != "none" else "ranks 1"
