@@ -141,7 +141,7 @@ def cmd_classify(args) -> int:
     for line in _inputs(args.text):
         label, p = task.predict(model, tokenizer, labels, line)
         if args.json:
-            print(json.dumps({"label": label, "p": round(p, 4)}))
+            print(json.dumps({"label": label, "p": round(p, 4), ("file" if task.media else "text"): line}))
         else:
             print(f"{label}\t{p:.4f}\t{line}" if task.media else f"{label}\t{line}")
     return 0

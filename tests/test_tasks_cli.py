@@ -48,6 +48,7 @@ def test_classify_and_eval_commands(classify_run):
     run, summary = classify_run
     out = cli("classify", run, "--json", "my old apple", "the big hammer").stdout.splitlines()
     assert [json.loads(x)["label"] for x in out] == ["fruit", "tool"]
+    assert [json.loads(x)["text"] for x in out] == ["my old apple", "the big hammer"]
     out = cli("classify", run, stdin="a red plum\nsmall saw\n").stdout.splitlines()
     assert [x.split("\t")[0] for x in out] == ["fruit", "tool"]
     ev = json.loads(cli("eval", run, "--json").stdout)

@@ -159,7 +159,7 @@ def test_image_folder_trains_classifies_and_evaluates(vision_run):
     assert summary["baseline"]["method"] == "pixels_logreg" and summary["baseline"]["split"] == "valid"
     img = d / "test" / "bar" / "0.png"
     out = json.loads(cli("classify", run, "--json", img).stdout)
-    assert out["label"] == "bar" and 0.0 < out["p"] <= 1.0
+    assert out["label"] == "bar" and 0.0 < out["p"] <= 1.0 and out["file"] == str(img)  # which file, with several
     line = cli("classify", run, d / "test" / "top" / "1.png").stdout.strip().split("\t")
     assert line[0] == "top" and 0.0 < float(line[1]) <= 1.0
     ev = json.loads(cli("eval", run, "--split", "test", "--json").stdout)
