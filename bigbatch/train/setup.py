@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-
 import dataclasses
 from pathlib import Path
 
@@ -53,7 +52,7 @@ def subnormals_flushed():
     """Within: subnormal floats (|x| < 1.2e-38) count as zero on the CPU, as training, evaluation and the
     command line run; the caller's mode is restored after (usable as a decorator). Gradients that fade through
     an LSTM's time steps reach that range, and x86 arithmetic on subnormals is many times slower: a 2-layer
-    LSTM over 528 tokens trained 6.6x slower without this (docs/transformer_vs_rnn.md)."""
+    LSTM over 528 tokens trained 6.6x slower without this (docs/performance.md)."""
     tiny = torch.tensor([1e-39])
     before = bool((tiny * 1.0).item() == 0.0)
     torch.set_flush_denormal(True)
