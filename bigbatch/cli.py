@@ -285,6 +285,28 @@ def cmd_noise_scale(args) -> int:
     return 0
 
 
+def cmd_compress(args) -> int:
+    if args.how == "quantize":
+        from bigbatch.compress.quantize import quantize_run
+
+        summary = quantize_run(args.run, args.out, args.method, measure=not args.no_measure,
+                               eval_examples=args.eval_examples)
+    elif args.how == "prune":
+        from bigbatch.compress.prune import prune_run
+
+        summary = prune_run(args.run, args.out, heads=args.heads, ffn=args.ffn, unstructured=args.unstructured,
+                            finetune_steps=args.finetune_steps, measure=not args.no_measure,
+                            eval_examples=args.eval_examples, sets=args.set, progress=not args.no_progress)
+    else:
+        from bigbatch.compress.distill import distill_run
+
+        summary = distill_run(args.teacher, args.student, args.out, sets=args.set,
+                              sequence_level=args.sequence_level, progress=not args.no_progress)
+    if args.json:
+        print(json.dumps(summary))
+    return 0
+
+
 def cmd_bench(args) -> int:
     from bigbatch.train.bench import matmul_peak, throughput
 
@@ -423,6 +445,40 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b.set_defaults(func=cmd_bench)
+
+    cp = sub.add_parser("compress", help="quantize, prune or distill a trained run into a new run directory")
+    how = cp.add_subparsers(dest="how", required=True, metavar="{quantize,prune,distill}")
+    q = how.add_parser("quantize", help="int8 linear layers (CPU inference)")
+    q.add_argument("run", help="run or checkpoint directory")
+    q.add_argument("--method", default="dynamic-int8", choices=["dynamic-int8", "weight-int8"],
+                   help="dynamic-int8: int8 products on the CPU (fastest there); weight-int8: int8 storage, float "
+                        "products (4x smaller, float speed; GPUs)")
+    pn = how.add_parser("prune", help="remove attention heads and feed-forward neurons (structured), then fine-tune")
+    pn.add_argument("run", help="run or checkpoint directory")
+    pn.add_argument("--heads", type=float, default=0.0, help="fraction of all attention heads to remove, in [0, 1)")
+    pn.add_argument("--ffn", type=float, default=0.0, help="fraction of all feed-forward neurons to remove, in [0, 1)")
+    pn.add_argument("--unstructured", type=float, default=0.0,
+                    help="instead: zero this fraction of all weights by global magnitude (saves no time)")
+    pn.add_argument("--finetune-steps", type=int, default=0, help="recovery fine-tuning steps on the run's data")
+    pn.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a key of the fine-tuning config (e.g. optim.lr=1e-4)")
+    dl = how.add_parser("distill", help="train a student config with a teacher run's soft targets")
+    dl.add_argument("--teacher", required=True, help="the teacher's run or checkpoint directory")
+    dl.add_argument("--student", default=None, help="the student's config YAML (default: the teacher's config "
+                                                    "with half the layers)")
+    dl.add_argument("--sequence-level", action="store_true",
+                    help="translate: train the student on the teacher's beam outputs (Kim & Rush 2016)")
+    dl.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a student config key")
+    for sp in (q, pn, dl):
+        sp.add_argument("--out", required=True, help="the new run directory (must not exist, or be empty)")
+        sp.add_argument("--json", action="store_true", help="print one JSON object (the summary)")
+        sp.add_argument("--no-progress", action="store_true", help="no progress bars")
+        sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    for sp in (q, pn):
+        sp.add_argument("--no-measure", action="store_true", help="skip measuring size, latency and metric")
+        sp.add_argument("--eval-examples", type=int, default=2000,
+                        help="validation examples the metric is measured on (default 2000)")
+    cp.set_defaults(func=cmd_compress)
 
     pl = sub.add_parser("plot", help="plot loss / lr / throughput of runs into one PNG")
     pl.add_argument("runs", nargs="+", help="run directories")

@@ -92,6 +92,17 @@ class ModelConfig:
     """audio: mel filters of the log-mel front end (25 ms windows every 10 ms)."""
     patch_frames: int = 10
     """audio: spectrogram frames (10 ms each) per patch."""
+    layer_heads: Optional[list[int]] = None
+    """Heads of each attention layer, in module order (encoder self-attention, then decoder self- and
+    cross-attention of each block in turn), head size d_model / n_heads; None = n_heads everywhere. Written by
+    ``bigbatch compress prune``; a layer may keep 0."""
+    layer_d_ff: Optional[list[int]] = None
+    """Hidden width of each feed-forward layer, in module order; None = d_ff everywhere (compress prune)."""
+    quantized: Optional[Literal["dynamic-int8", "weight-int8"]] = None
+    """int8 linear layers (``bigbatch compress quantize``): dynamic-int8 (int8 products on the CPU) or
+    weight-int8 (int8 storage, float products); None = float."""
+    int8_layers: Optional[list[str]] = None
+    """With model.quantized: the names of the linear layers that are int8 (the rest stay float)."""
 
     def __post_init__(self):
         _positive(self, "d_model", "n_heads", "n_layers", "max_len")
@@ -110,6 +121,14 @@ class ModelConfig:
             raise UserError(f"model.d_model={self.d_model}: model.arch={self.arch} is bidirectional and needs an even "
                             "width (d_model / 2 a direction)")
         _fraction(self, "dropout")
+        for name in ("layer_heads", "layer_d_ff"):
+            sizes = getattr(self, name)
+            if sizes is not None and any(n < (name == "layer_d_ff") for n in sizes):
+                raise UserError(f"model.{name}={_show(sizes)} is invalid: expected "
+                                f"{'widths >= 1' if name == 'layer_d_ff' else 'head counts >= 0'}")
+        if (self.quantized is None) != (self.int8_layers is None):
+            raise UserError("model.quantized and model.int8_layers come together (written by bigbatch compress "
+                            "quantize): set both or neither")
         if self.d_model is None or self.n_heads is None:
             return  # resolved later (train/defaults.py), then checked again
         if self.d_model % self.n_heads:
@@ -252,6 +271,10 @@ class TrainConfig:
     validation split)."""
     sample_tokens: int = 200
     """Language models: length of the sample printed at the end."""
+    init_from: Optional[str] = None
+    """A run or checkpoint directory whose weights start this run (fine-tuning; a pruned model's recovery);
+    model keys this config leaves unset take that run's values, and its model must match. Only a new run:
+    a resumed run continues from its own checkpoint."""
 
     def __post_init__(self):
         _positive(self, "max_steps", "log_every", "keep_last", "eval_batches", "max_bad_steps", "epochs", "max_time_s",
@@ -313,6 +336,24 @@ class OptimConfig:
 
 
 @dataclass
+class DistillConfig:
+    teacher: Optional[str] = None
+    """A trained run (or checkpoint) of the same task and tokenizer whose soft targets join the objective
+    (knowledge distillation, Hinton et al. 2015); None = no teacher."""
+    temperature: float = 2.0
+    """Softmax temperature T of both teacher and student in the distillation term (scaled by T²)."""
+    alpha: float = 0.5
+    """Weight of the distillation term: loss = alpha · T² · KL(teacher_T ‖ student_T) + (1 - alpha) · CE."""
+    init: Literal["auto", "none"] = "auto"
+    """auto: a new student starts from the teacher's weights where the shapes allow, its layer i from the
+    teacher's layer 2i (every other layer, DistilBERT's recipe); none: the usual random initialisation."""
+
+    def __post_init__(self):
+        _positive(self, "temperature")
+        _fraction(self, "alpha")
+
+
+@dataclass
 class Config:
     task: Task = "lm"
     """lm (next-token prediction), classify, translate, vision (ViT image classification), or audio
@@ -321,6 +362,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     def __post_init__(self):
         # with a reference batch the warm-up is rescaled first; the scheduler checks the result
@@ -376,7 +418,8 @@ def _fraction(obj, *names):
     _check_each(obj, names, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
 
 
-_SECTION = {ModelConfig: "model", DataConfig: "data", TrainConfig: "train", OptimConfig: "optim"}
+_SECTION = {ModelConfig: "model", DataConfig: "data", TrainConfig: "train", OptimConfig: "optim",
+            DistillConfig: "distill"}
 
 _REPR = reprlib.Repr()
 _REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 2, 80, 80
@@ -413,6 +456,10 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         if value not in args:
             raise UserError(f"{key}={_show(value)} is invalid: expected one of {', '.join(map(str, args))}")
         return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"{key}={_show(value)} is invalid: expected a list")
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise UserError(f"{key}={_show(value)} is invalid: expected a list of {len(args)} numbers")

@@ -66,5 +66,15 @@ def _class_loss(logits: Tensor, labels: Tensor, label_smoothing: float) -> tuple
     return loss_sum, labels.new_tensor(labels.numel()), {"pred": pred, "correct": (pred == labels).sum()}
 
 
+def target_labels(task: str, batch: dict) -> Tensor:
+    """The labels the task's objective scores, aligned with its logits: (B,) one per example (classify, vision,
+    audio) or (B, T) per position with IGNORE where there is no target (lm, translate)."""
+    if task == "lm":
+        return batch["labels"] if "labels" in batch else batch["input_ids"][:, 1:]
+    if task == "translate":
+        return batch["tgt_ids"][:, 1:].masked_fill(~batch["tgt_mask"][:, 1:].bool(), IGNORE)
+    return batch["labels"]
+
+
 OBJECTIVES = {"lm": lm_objective, "translate": translate_objective, "classify": classify_objective,
               "vision": vision_objective, "audio": audio_objective}

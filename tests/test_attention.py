@@ -123,8 +123,9 @@ def test_causal_mask_bottom_right():
 def copy_to_torch(ours: MultiHeadAttention, d, h):
     ref = torch.nn.MultiheadAttention(d, h, batch_first=True)
     with torch.no_grad():
-        ref.in_proj_weight.copy_(ours.in_proj.weight)
-        ref.in_proj_bias.copy_(ours.in_proj.bias)
+        fused = [ours.q_proj, ours.kv_proj] if ours.cross else [ours.in_proj]
+        ref.in_proj_weight.copy_(torch.cat([p.weight for p in fused]))
+        ref.in_proj_bias.copy_(torch.cat([p.bias for p in fused]))
         ref.out_proj.weight.copy_(ours.out_proj.weight)
         ref.out_proj.bias.copy_(ours.out_proj.bias)
     return ref
@@ -155,7 +156,7 @@ def test_self_attention_equals_torch_multihead_attention():
 def test_cross_attention_equals_torch_multihead_attention():
     torch.manual_seed(1)
     d, h = 12, 3
-    ours = MultiHeadAttention(d, h)
+    ours = MultiHeadAttention(d, h, cross=True)
     ref = copy_to_torch(ours, d, h)
     x, memory = torch.randn(3, 4, d), torch.randn(3, 9, d)
     keep = torch.arange(9)[None, :] < torch.tensor([9, 5, 2])[:, None]
@@ -178,7 +179,8 @@ def test_kv_cache_equals_full_causal_attention():
 
 def _weights64(attn, h, mask=None, causal=False, memory=None):
     """softmax(QKᵀ/√d_k + mask) of one MultiHeadAttention, per head, in float64 from its own weights."""
-    W, b = attn.in_proj.weight.double(), attn.in_proj.bias.double()
+    fused = [attn.q_proj, attn.kv_proj] if attn.cross else [attn.in_proj]
+    W, b = (torch.cat([getattr(p, k) for p in fused]).double() for k in ("weight", "bias"))
     D, H = attn.d_model, attn.n_heads
     q = h.double() @ W[:D].T + b[:D]
     kv_in = (h if memory is None else memory).double()

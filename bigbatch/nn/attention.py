@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from typing import Iterator
 
 import torch
@@ -143,33 +144,57 @@ class KVCache:
 class MultiHeadAttention(nn.Module):
     """Multi-head attention, self or cross, with an optional key-value cache.
 
-    Parameters use torch.nn.MultiheadAttention's layout: ``in_proj`` maps d_model to
-    [q; k; v] (3·d_model) and ``out_proj`` maps back. For cross-attention the query
-    comes from ``x`` through the first third and keys/values from ``memory`` through
-    the other two.
+    Self-attention uses torch.nn.MultiheadAttention's layout: ``in_proj`` maps d_model to [q; k; v]
+    (3 · n_heads · head_dim) and ``out_proj`` maps back. Cross-attention (``cross=True``) has ``q_proj`` for the
+    query and ``kv_proj`` for the keys/values of the memory, so each is one whole linear layer (quantizable, and
+    the memory's keys/values are computed once per source). ``head_dim`` defaults to d_model / n_heads; a pruned
+    layer keeps the head size with fewer heads (n_heads · head_dim < d_model), or none (the output is then
+    out_proj's bias).
     """
 
-    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0, bias: bool = True):
+    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0, bias: bool = True, cross: bool = False,
+                 head_dim: int | None = None):
         super().__init__()
-        if d_model % n_heads:
-            raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
-        self.d_model, self.n_heads, self.head_dim = d_model, n_heads, d_model // n_heads
+        if head_dim is None:
+            if n_heads <= 0 or d_model % n_heads:
+                raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
+            head_dim = d_model // n_heads
+        self.d_model, self.n_heads, self.head_dim, self.cross = d_model, n_heads, head_dim, cross
         self.dropout = dropout
         self.record = False  # True: each forward keeps its per-head weights (B, H, L, S) in .recorded
         self.recorded: Tensor | None = None
-        self.in_proj = nn.Linear(d_model, 3 * d_model, bias=bias)
-        self.out_proj = nn.Linear(d_model, d_model, bias=bias)
+        inner = n_heads * head_dim
+        if cross:
+            self.q_proj = nn.Linear(d_model, inner, bias=bias)
+            self.kv_proj = nn.Linear(d_model, 2 * inner, bias=bias)
+            self._register_load_state_dict_pre_hook(_split_cross_in_proj)
+        else:
+            self.in_proj = nn.Linear(d_model, 3 * inner, bias=bias)
+        self.out_proj = nn.Linear(inner, d_model, bias=bias)
 
     def _heads(self, t: Tensor, n: int) -> Tensor:
-        # (B, L, n·D) -> n tensors (B, H, L, head_dim), views without copies
+        # (B, L, n·H·D) -> n tensors (B, H, L, head_dim), views without copies
         B, L, _ = t.shape
         return t.view(B, L, n, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
 
     def project_memory(self, memory: Tensor) -> tuple[Tensor, Tensor]:
         """Keys and values of the encoder output, (B, H, S, head_dim) each; computed once per source."""
-        D = self.d_model
-        bias = None if self.in_proj.bias is None else self.in_proj.bias[D:]
-        return self._heads(F.linear(memory, self.in_proj.weight[D:], bias), 2)
+        return self._heads(self.kv_proj(memory), 2)
+
+    def keep_heads(self, heads) -> None:
+        """Keep only the heads ``heads`` (indices, in order), physically: the projections lose their rows
+        and columns. ``keep_heads(range(n))`` just gives the layer n heads (the shape a pruned checkpoint has)."""
+        heads = torch.as_tensor(list(heads), dtype=torch.long)
+        dim = torch.arange(self.head_dim)
+        rows = (heads[:, None] * self.head_dim + dim).reshape(-1)  # the kept heads' rows within q (or k, or v)
+        inner = self.n_heads * self.head_dim
+        if self.cross:
+            self.q_proj = linear_rows(self.q_proj, rows)
+            self.kv_proj = linear_rows(self.kv_proj, torch.cat([rows, rows + inner]))
+        else:
+            self.in_proj = linear_rows(self.in_proj, torch.cat([rows, rows + inner, rows + 2 * inner]))
+        self.out_proj = linear_columns(self.out_proj, rows)
+        self.n_heads = len(heads)
 
     def forward(
         self,
@@ -190,10 +215,15 @@ class MultiHeadAttention(nn.Module):
         ``need_weights`` also returns the head-averaged weights (B, L, S).
         """
         B, L, D = x.shape
-        cross = memory is not None or memory_kv is not None
-        if cross:
-            bias = None if self.in_proj.bias is None else self.in_proj.bias[:D]
-            (q,) = self._heads(F.linear(x, self.in_proj.weight[:D], bias), 1)
+        if (memory is not None or memory_kv is not None) != self.cross:
+            raise ValueError("a cross-attention layer (cross=True) needs memory, a self-attention layer takes none")
+        if self.n_heads == 0:  # every head pruned: the branch adds out_proj's bias alone
+            if cache is not None:
+                cache.length += L
+            out = self.out_proj(x.new_zeros(B, L, 0))
+            return (out, x.new_zeros(B, L, memory.size(1) if memory is not None else L)) if need_weights else out
+        if self.cross:
+            (q,) = self._heads(self.q_proj(x), 1)
             k, v = memory_kv if memory_kv is not None else self.project_memory(memory)
         else:
             q, k, v = self._heads(self.in_proj(x), 3)
@@ -216,5 +246,41 @@ class MultiHeadAttention(nn.Module):
                 self.recorded = weights.detach()
         else:
             out = scaled_dot_product_attention(q, k, v, attn_mask, dropout_p, is_causal)
-        out = self.out_proj(out.transpose(1, 2).reshape(B, L, D))
+        out = self.out_proj(out.transpose(1, 2).reshape(B, L, self.n_heads * self.head_dim))
         return (out, weights.mean(dim=1)) if need_weights else out
+
+
+def _empty_linear(n_in: int, n_out: int, like: nn.Linear) -> nn.Linear:
+    with warnings.catch_warnings():  # a layer pruned to nothing: "Initializing zero-element tensors is a no-op"
+        warnings.simplefilter("ignore")
+        return nn.Linear(n_in, n_out, bias=like.bias is not None, device=like.weight.device, dtype=like.weight.dtype)
+
+
+def linear_rows(linear: nn.Linear, rows: Tensor) -> nn.Linear:
+    """A new Linear with the output rows ``rows`` of ``linear`` (weights copied)."""
+    new = _empty_linear(linear.in_features, len(rows), linear)
+    with torch.no_grad():
+        new.weight.copy_(linear.weight[rows])
+        if linear.bias is not None:
+            new.bias.copy_(linear.bias[rows])
+    return new
+
+
+def linear_columns(linear: nn.Linear, columns: Tensor) -> nn.Linear:
+    """A new Linear reading only the inputs ``columns`` of ``linear`` (weights and bias copied)."""
+    new = _empty_linear(len(columns), linear.out_features, linear)
+    with torch.no_grad():
+        new.weight.copy_(linear.weight[:, columns])
+        if linear.bias is not None:
+            new.bias.copy_(linear.bias)
+    return new
+
+
+def _split_cross_in_proj(state_dict, prefix, *args) -> None:
+    """Checkpoints of earlier versions hold a cross-attention's fused ``in_proj``: split it into q / kv."""
+    for kind in ("weight", "bias"):
+        fused = state_dict.pop(f"{prefix}in_proj.{kind}", None)
+        if fused is not None:
+            inner = fused.size(0) // 3
+            state_dict[f"{prefix}q_proj.{kind}"] = fused[:inner]
+            state_dict[f"{prefix}kv_proj.{kind}"] = fused[inner:]

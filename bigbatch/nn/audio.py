@@ -120,4 +120,4 @@ class AudioClassifier(nn.Module):
         return spec.reshape(b, gf, pm, gt, pf).permute(0, 1, 3, 2, 4).reshape(b, gf * gt, pm * pf)
 
     def forward(self, waveform: Tensor) -> Tensor:
-        return self.core.classify_patches(self.patches(waveform).to(self.core.patch.weight.dtype))
+        return self.core.classify_patches(self.patches(waveform).to(self.core.encoder.norm_dtype))

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bigbatch.nn.attention import KVCache, MultiHeadAttention
+from bigbatch.nn.attention import KVCache, MultiHeadAttention, linear_columns, linear_rows
 
 ACTIVATIONS = {
     "gelu": F.gelu,
@@ -68,6 +68,11 @@ class FeedForward(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.fc2(self.dropout(self.act(self.fc1(x))))
 
+    def keep_neurons(self, neurons) -> None:
+        """Keep only the hidden units ``neurons`` (indices), physically (structured pruning)."""
+        neurons = torch.as_tensor(list(neurons), dtype=torch.long)
+        self.fc1, self.fc2 = linear_rows(self.fc1, neurons), linear_columns(self.fc2, neurons)
+
 
 class Block(nn.Module):
     """One Transformer layer: self-attention, optional cross-attention, feed-forward.
@@ -93,7 +98,7 @@ class Block(nn.Module):
         self.attn = MultiHeadAttention(d_model, n_heads, dropout, bias)
         self.norm_attn = norm_layer(d_model)
         if cross_attention:
-            self.cross_attn = MultiHeadAttention(d_model, n_heads, dropout, bias)
+            self.cross_attn = MultiHeadAttention(d_model, n_heads, dropout, bias, cross=True)
             self.norm_cross = norm_layer(d_model)
         self.mlp = FeedForward(d_model, d_ff, activation, dropout, bias)
         self.norm_mlp = norm_layer(d_model)

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from bigbatch.config import ModelConfig
 from bigbatch.nn.attention import MultiHeadAttention
-from bigbatch.nn.layers import Dropout, Embedding, sinusoids
+from bigbatch.nn.layers import Dropout, Embedding, FeedForward, sinusoids
 from bigbatch.nn.transformer import DecodeCache, Decoder, Encoder
 
 
@@ -67,7 +67,7 @@ class CausalLM(nn.Module):
         return self.lm_head(h)
 
     def new_cache(self, batch: int, max_len: int) -> DecodeCache:
-        p = self.lm_head.weight
+        p = self.embed.tok.weight
         return self.decoder.new_cache(batch, min(max_len, self.config.max_len), p.dtype, p.device)
 
 
@@ -111,7 +111,7 @@ class Seq2Seq(nn.Module):
         return self.decode(tgt_ids, self.encode(src_ids, src_mask), src_mask)
 
     def new_cache(self, memory: Tensor, src_mask: Tensor | None, max_len: int) -> DecodeCache:
-        p = self.lm_head.weight
+        p = self.embed.tok.weight
         return self.decoder.new_cache(memory.size(0), min(max_len, self.config.max_len), p.dtype, p.device,
                                       memory=memory, memory_mask=src_mask)
 
@@ -248,7 +248,7 @@ class ViT(PatchTransformer):
         p, g = self.patch_size, self.grid
         if (h, w, c) != (g * p, g * p, self.channels):
             raise ValueError(f"images of {h}x{w}x{c}, the model reads {g * p}x{g * p}x{self.channels}")
-        x = pixels.to(self.head.weight.dtype)
+        x = pixels.to(self.encoder.norm_dtype)
         x = x / 127.5 - 1.0 if pixels.dtype == torch.uint8 else x * 2.0 - 1.0
         return x.reshape(b, g, p, g, p, c).permute(0, 1, 3, 2, 4, 5).reshape(b, g * g, p * p * c)
 
@@ -288,7 +288,7 @@ def flops_per_token(model: nn.Module, seq_len: int) -> float:
         elif isinstance(module, nn.RNNBase):  # every weight of every direction multiplies every token once
             flops += 6.0 * sum(p.numel() for name, p in module.named_parameters() if name.startswith("weight"))
         elif isinstance(module, MultiHeadAttention):
-            flops += 12.0 * module.d_model * seq_len
+            flops += 12.0 * module.n_heads * module.head_dim * seq_len
     return flops
 
 
@@ -305,5 +305,38 @@ def build_model(task: str, config: ModelConfig) -> nn.Module:
             raise ValueError(f"model.arch={config.arch} is built for task classify or translate, not {task}")
         return rnns[task](config)
     models = {"lm": CausalLM, "translate": Seq2Seq, "classify": TextClassifier, "vision": ViT, "audio": AudioClassifier}
-    return models[task](config)
+    model = models[task](config)
+    reshape(model, config)
+    if config.quantized:
+        from bigbatch.compress.quantize import int8_skeleton
+
+        int8_skeleton(model, config.quantized, config.int8_layers)
+    return model
+
+
+def attention_layers(model: nn.Module) -> list[tuple[str, MultiHeadAttention]]:
+    """(name, module) of every attention layer, in module order (model.layer_heads' order)."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, MultiHeadAttention)]
+
+
+def feed_forward_layers(model: nn.Module) -> list[tuple[str, FeedForward]]:
+    """(name, module) of every feed-forward layer, in module order (model.layer_d_ff's order)."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, FeedForward)]
+
+
+def reshape(model: nn.Module, config: ModelConfig) -> None:
+    """Give the layers the head counts and widths of model.layer_heads / layer_d_ff (a pruned model), in place."""
+    for key, layers, keep in (("layer_heads", attention_layers(model), MultiHeadAttention.keep_heads),
+                              ("layer_d_ff", feed_forward_layers(model), FeedForward.keep_neurons)):
+        sizes = getattr(config, key)
+        if sizes is None:
+            continue
+        if len(sizes) != len(layers):
+            raise ValueError(f"model.{key} has {len(sizes)} entries, the model has {len(layers)} such layers")
+        for (name, module), n in zip(layers, sizes):
+            full = module.n_heads if key == "layer_heads" else module.fc1.out_features
+            if n > full:
+                raise ValueError(f"model.{key}: {name} gets {n}, more than its {full}")
+            if n != full:
+                keep(module, range(n))
 

@@ -89,10 +89,15 @@ class Stack(nn.Module):
             )
         return self.norm(x)
 
+    @property
+    def norm_dtype(self):
+        """The dtype the stack computes in (its norms' parameters: float also when its linear layers are int8)."""
+        return next(p for p in self.parameters() if p.is_floating_point()).dtype
+
     def new_cache(self, batch: int, max_len: int, dtype, device, memory: Tensor | None = None,
                   memory_mask: Tensor | None = None) -> DecodeCache:
         """An empty cache for ``batch`` sequences of up to ``max_len`` tokens (+ encoder output)."""
-        layers = [KVCache(batch, self.n_heads, max_len, self.head_dim, dtype, device) for _ in self.blocks]
+        layers = [KVCache(batch, b.attn.n_heads, max_len, self.head_dim, dtype, device) for b in self.blocks]
         memory_kv = None
         if memory is not None:
             memory_kv = [block.cross_attn.project_memory(memory) for block in self.blocks]

@@ -223,6 +223,50 @@ def _save_checkpoint(ckpt_root: Path, step: int, model, optimizer, trainer_state
     return final
 
 
+def write_weights_run(out: Path, model: torch.nn.Module, config: Config, assets: dict[str, bytes],
+                      summary: dict, step: int = 0) -> Path:
+    """A run directory holding one weights-only checkpoint (what ``bigbatch compress`` writes): config.yaml,
+    checkpoints/step_N/ (model.safetensors, config.yaml, the assets, checksums.json) marked latest and best,
+    the assets beside config.yaml, summary.json. Built under a temporary name and renamed into place, so
+    ``out`` exists complete or not at all; an existing non-empty ``out`` is refused (nothing is overwritten)."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"--out {out}: already exists and is not empty; give a new directory (nothing is overwritten)")
+    tmp = out.parent / f".tmp-{out.name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    ckpt = tmp / "checkpoints" / f"step_{step:08d}"
+    ckpt.mkdir(parents=True)
+    st_save_model(unwrap(model), str(ckpt / "model.safetensors"))
+    (ckpt / "config.yaml").write_text(config.to_yaml())
+    for name, data in assets.items():
+        (ckpt / name).write_bytes(data)
+        (tmp / name).write_bytes(data)
+    sums = {p.name: sha256_file(p) for p in sorted(ckpt.iterdir())}
+    (ckpt / "checksums.json").write_text(json.dumps(sums, indent=1))
+    for pointer in ("latest", "best"):
+        (tmp / "checkpoints" / pointer).write_text(ckpt.name + "\n")
+    (tmp / "config.yaml").write_text(config.to_yaml())
+    (tmp / "summary.json").write_text(json.dumps(summary, indent=1))
+    for path in [p for p in tmp.rglob("*")] + [tmp]:
+        _fsync(path)
+    if out.exists():
+        out.rmdir()  # empty (checked above)
+    os.replace(tmp, out)
+    return out
+
+
+def checkpoint_asset_files(ckpt: Path) -> dict[str, bytes]:
+    """tokenizer.json and labels.json of a checkpoint (or, for checkpoints of earlier versions, its run's)."""
+    ckpt = Path(ckpt)
+    places = [ckpt, ckpt.parent.parent] if ckpt.parent.name == "checkpoints" else [ckpt]
+    found = {}
+    for name in ("tokenizer.json", "labels.json"):
+        path = next((d / name for d in places if (d / name).exists()), None)
+        if path is not None:
+            found[name] = path.read_bytes()
+    return found
+
+
 @contextlib.contextmanager
 def run_dir_lock(run_dir: Path, enabled: bool = True):
     """Hold ``run_dir/.lock`` (an exclusive flock) while a run writes there: a second process on the same run

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from bigbatch.config import Config
+from bigbatch.config import Config, load_config
 from bigbatch.data.pipeline import TaskData
 from bigbatch.distributed import process
 from bigbatch.distributed.parallelize import apply_ac, apply_compile, apply_ddp, apply_fsdp, gradient_sync
@@ -98,13 +98,35 @@ class _StopSignal:
 
 
 def _check_compatible(saved_path: Path, cfg: Config) -> None:
-    from bigbatch.config import load_config
-
     saved = load_config(saved_path / "config.yaml")
     diff = [f"model.{k}: {getattr(saved.model, k)} -> {getattr(cfg.model, k)}"
             for k in dataclasses.asdict(cfg.model) if getattr(saved.model, k) != getattr(cfg.model, k)]
     if saved.task != cfg.task or diff:
         raise UserError(f"cannot resume {saved_path}: the model differs from the checkpoint's ({'; '.join(diff) or 'task'})")
+
+
+def _init_from(model: torch.nn.Module, cfg: Config, dist: Dist) -> None:
+    """Load the weights of train.init_from into a new run's model (every rank: the same weights)."""
+    from safetensors.torch import load_model as st_load_model
+
+    from bigbatch.train.checkpoint import resolve_checkpoint, verify
+
+    init = resolve_checkpoint(cfg.train.init_from)
+    verify(init)
+    saved = load_config(init / "config.yaml")
+    if saved.model.quantized:
+        raise UserError(f"train.init_from={cfg.train.init_from}: an int8 model cannot be trained; start from the "
+                        "float run it was quantized from")
+    if saved.task != cfg.task:
+        raise UserError(f"train.init_from={cfg.train.init_from}: a task={saved.task} run, this run has task={cfg.task}")
+    try:
+        st_load_model(model, str(init / "model.safetensors"), device=str(next(model.parameters()).device))
+    except (ValueError, RuntimeError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise UserError(f"train.init_from={cfg.train.init_from}: its weights do not fit this run's model ({first}); "
+                        "leave the model keys unset to take that run's") from None
+    if dist.is_main:
+        print(f"weights from {init}", file=sys.stderr)
 
 
 @subnormals_flushed()
@@ -180,6 +202,22 @@ def _train_locked(cfg: Config, run_dir: Path, progress: bool, dist: Dist, device
     model = build_model(cfg.task, cfg.model).to(device)
     if ckpt is not None:
         _check_compatible(ckpt, cfg)
+    elif cfg.train.init_from:
+        _init_from(model, cfg, dist)
+    objective = functools.partial(get_task(cfg.task).objective, label_smoothing=cfg.train.label_smoothing or 0.0)
+    if cfg.distill.teacher:
+        from bigbatch.compress.distill import Distiller, init_from_teacher, load_teacher
+
+        teacher = load_teacher(cfg, data, device)
+        if ckpt is None and not cfg.train.init_from and cfg.distill.init == "auto":
+            line = init_from_teacher(model, teacher)
+            if dist.is_main:
+                print(line, file=sys.stderr)
+        objective = functools.partial(Distiller(get_task(cfg.task), teacher, cfg.distill.temperature,
+                                                cfg.distill.alpha), label_smoothing=cfg.train.label_smoothing or 0.0)
+        if dist.is_main:
+            print(f"distillation: teacher {cfg.distill.teacher}, T={cfg.distill.temperature:g}, "
+                  f"alpha={cfg.distill.alpha:g}", file=sys.stderr)
 
     fpt = flops_per_token(model, get_task(cfg.task).context_len(cfg))
     precision = Precision(cfg.train.precision, device)
@@ -229,7 +267,7 @@ def _train_locked(cfg: Config, run_dir: Path, progress: bool, dist: Dist, device
     if dist.is_main:
         write_text_atomic(run_dir / "config.yaml", cfg.to_yaml())
         data.save_to_run(run_dir)
-    ctx = _Context(cfg, plan, model, optimizer, scheduler, data, valid, device, run_dir,
+    ctx = _Context(cfg, plan, model, optimizer, scheduler, data, valid, device, run_dir, objective,
                    MetricsLogger(run_dir, resume_step=state["step"], enabled=dist.is_main),  # fresh: rows of a dead try go
                    peak_flops(device, cfg.train.precision, cfg.train.peak_flops), fpt, dist=dist, strategy=strategy,
                    precision=precision, start_tokens=state["tokens"])
@@ -302,6 +340,7 @@ class _Context:
     valid: object
     device: torch.device
     run_dir: Path
+    objective: object  # (model, batch) -> (loss_sum, n_targets, logs): the task's, or with a teacher's soft targets
     logger: MetricsLogger
     peak: float | None
     flops_per_token: float
@@ -384,7 +423,7 @@ def _step(ctx: _Context, precision: Precision, step: int, signalled: bool = Fals
     n_total, tokens = (int(x) for x in dist.sum([n_local, tokens_local], ctx.device)) if dist.enabled \
         else (n_local, tokens_local)
     loss_total = torch.zeros((), device=ctx.device)
-    objective = functools.partial(ctx.task.objective, label_smoothing=ctx.cfg.train.label_smoothing or 0.0)
+    objective = ctx.objective
     scaler = precision.scaler
     sq_small = b_small = None
     for i, batch in enumerate(micro):

@@ -128,6 +128,11 @@ def setup_run(cfg: Config, device: torch.device, dist: Dist = ONE_PROCESS, progr
     """
     if saved is not None:
         cfg = fill_unset_from(load_config(saved / "config.yaml"), cfg)
+    elif cfg.train.init_from:  # the model of the run it starts from, where this config leaves keys unset
+        from bigbatch.train.checkpoint import resolve_checkpoint
+
+        init = load_config(resolve_checkpoint(cfg.train.init_from) / "config.yaml")
+        cfg = dataclasses.replace(cfg, model=fill_unset_from(init, cfg).model)
     cfg, notes = resolve_before_data(cfg)
     t = cfg.train
     if cfg.task == "lm" or t.micro_batch_tokens or t.micro_batch_size or t.global_batch_size:
