@@ -313,6 +313,16 @@ def cmd_bench(args) -> int:
     if args.what == "peak":
         result = matmul_peak(args.device, args.dtype)
         line = f"{result['device']} {args.dtype} matmul peak: {result['peak_flops'] / 1e9:,.1f} GFLOP/s"
+    elif args.what == "latency":
+        from bigbatch.compress.measure import measure_run
+
+        if not args.config:
+            raise UserError("bench latency: give a run or checkpoint directory")
+        if any(b < 1 for b in args.batch) or args.reps < 1:
+            raise UserError("--batch and --reps: expected numbers >= 1")
+        result = measure_run(args.config, batches=tuple(args.batch), reps=args.reps, evaluate=False)
+        line = f"{args.config}: {result['size_mb']:.2f} MB, " + ", ".join(
+            f"batch {b}: {result[f'latency_ms_b{b}']:.2f} ms" for b in args.batch)
     else:
         from bigbatch.config import load_config
 
@@ -435,9 +445,13 @@ def build_parser() -> argparse.ArgumentParser:
     ns.add_argument("--json", action="store_true", help="print one JSON object")
     ns.set_defaults(func=cmd_noise_scale)
 
-    b = sub.add_parser("bench", help="peak: matmul FLOP/s of this device; throughput: tokens/s and MFU of a config")
-    b.add_argument("what", choices=["peak", "throughput"])
-    b.add_argument("config", nargs="?", help="throughput: YAML config (omitted: the embedded default)")
+    b = sub.add_parser("bench", help="peak: matmul FLOP/s of this device; throughput: tokens/s and MFU of a config; "
+                                     "latency: inference time of a trained (or compressed) run")
+    b.add_argument("what", choices=["peak", "throughput", "latency"])
+    b.add_argument("config", nargs="?", help="throughput: YAML config (omitted: the embedded default); "
+                                            "latency: a run or checkpoint directory")
+    b.add_argument("--batch", type=int, nargs="+", default=[1, 32], help="latency: batch sizes (default 1 32)")
+    b.add_argument("--reps", type=int, default=20, help="latency: timed calls per batch size (the median is shown)")
     b.add_argument("--steps", type=int, default=20)
     b.add_argument("--device", default="auto")
     b.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])

@@ -15,7 +15,7 @@ from bigbatch.nn import CausalLM, Seq2Seq, TextClassifier
 from bigbatch.nn.generate import generate
 from bigbatch.nn.models import attention_layers, build_model
 from bigbatch.tasks import get_task
-from helpers import reverse_batch, run_cli, write_jsonl
+from helpers import reverse_batch, run_cli, sentences, write_jsonl
 
 
 def test_int8_linear_matches_float_within_quantization_error():
@@ -302,7 +302,7 @@ def test_compress_bad_input_is_one_line_exit_2(topic_run, tmp_path):
         (["compress", "quantize", run, "--out", run], "already exists and is not empty"),
     ]
     lm = tmp_path / "lm"
-    write_jsonl(tmp_path / "t.jsonl", [{"text": "some text here"}] * 50)
+    write_jsonl(tmp_path / "t.jsonl", [{"text": t} for t in sentences(300)])
     for args, message in cases:
         proc = run_cli(*args, check=False)
         assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, \
