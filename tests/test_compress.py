@@ -32,6 +32,8 @@ def test_int8_linear_matches_float_within_quantization_error():
     torch.testing.assert_close(wo, F.linear(x, q.dequantized(), lin.bias))
     scale = ref.abs().max()
     assert (dyn - ref).abs().max() < 0.05 * scale and (wo - ref).abs().max() < 0.01 * scale
+    # the dynamic path really quantizes the activations too (it is not the float product of the int8 weights)
+    assert (dyn - wo).abs().max() > 1e-4 * scale
     assert {t.dtype for t in q.state_dict().values()} == {torch.int8, torch.float32}
 
 
@@ -162,6 +164,11 @@ def test_head_importance_is_the_gradient_of_a_gate_per_example():
     expected = raw / raw.norm(dim=1, keepdim=True)
     torch.testing.assert_close(torch.stack(heads).double(), expected, rtol=1e-4, atol=1e-6)
     assert len(ffn) == 2 and ffn[0].shape == (64,)
+    # a hidden unit whose output weights are zero has no effect, so no importance
+    with torch.no_grad():
+        model.encoder.blocks[0].mlp.fc2.weight[:, 5] = 0
+    _, ffn = importance(model, task, [batch])
+    assert ffn[0][5] == 0 and (ffn[0] > 0).sum() == 63
 
 
 def test_a_dead_head_is_pruned_first_and_the_model_shrinks():
@@ -177,6 +184,38 @@ def test_a_dead_head_is_pruned_first_and_the_model_shrinks():
     assert sizes["heads_removed"] == 4 and sum(sizes["layer_heads"]) == 4
     assert sum(sizes["layer_d_ff"]) == 96 and model(ids).shape == (16, 3)
     assert _lowest([torch.tensor([0.1, 0.5]), torch.tensor([0.05])], 2, keep_one=True) == [[0], []]
+
+
+def test_magnitude_pruning_zeroes_the_smallest_weights_over_all_layers():
+    from bigbatch.compress.prune import prune_unstructured
+
+    torch.manual_seed(0)
+    model = TextClassifier(vocab_size=30, d_model=16, n_heads=2, n_layers=2, num_classes=3)
+    weights = torch.cat([m.weight.detach().abs().flatten() for m in model.modules() if isinstance(m, torch.nn.Linear)])
+    cut = weights.kthvalue(int(0.4 * weights.numel())).values
+    prune_unstructured(model, 0.4)
+    for m in model.modules():
+        if isinstance(m, torch.nn.Linear):
+            w = m.weight.detach()
+            assert (w[w != 0].abs() >= cut).all()
+
+
+def test_a_layer_pruned_to_no_heads_quantizes_and_runs():
+    torch.manual_seed(0)
+    model = build_model("classify", ModelConfig(vocab_size=30, d_model=16, n_heads=2, n_layers=2, num_classes=3,
+                                                layer_heads=[0, 2])).eval()
+    names = quantize_model(model, "dynamic-int8")
+    assert "encoder.blocks.0.attn.in_proj" not in names and "encoder.blocks.1.attn.in_proj" in names
+    with torch.no_grad():
+        assert model(torch.randint(0, 30, (2, 5))).shape == (2, 3)
+
+
+def test_a_resumed_distilled_run_keeps_its_teacher():
+    from bigbatch.config import Config, DistillConfig
+    from bigbatch.train.defaults import fill_unset_from
+
+    saved = Config(distill=DistillConfig(teacher="/runs/t", temperature=3.0))
+    assert fill_unset_from(saved, Config()).distill.teacher == "/runs/t"
 
 
 def test_soft_target_loss_is_kl_at_temperature_times_t_squared():
@@ -290,6 +329,7 @@ def test_quantize_prune_distill_commands_give_runs_every_command_accepts(topic_r
     assert summary["valid_accuracy"] > 0.5
     cfg = (s / "config.yaml").read_text()
     assert "teacher: " in cfg and "n_layers: 1" in cfg
+    assert "the student starts from the teacher's weights" in proc.stderr and "distillation: teacher" in proc.stderr
 
 
 def test_compress_bad_input_is_one_line_exit_2(topic_run, tmp_path):

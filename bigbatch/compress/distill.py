@@ -89,6 +89,9 @@ def load_teacher(cfg, data, device) -> nn.Module:
     if _vocab(tokenizer) != _vocab(data.tokenizer):
         raise UserError(f"{where}: its tokenizer differs from the student's; give the student "
                         f"data.tokenizer={ckpt / 'tokenizer.json'} (the teacher's)")
+    if tcfg.model.max_len and cfg.model.max_len and tcfg.model.max_len < cfg.model.max_len:
+        raise UserError(f"{where}: reads at most {tcfg.model.max_len} tokens, the student {cfg.model.max_len}; set "
+                        f"model.max_len={tcfg.model.max_len}")
     if labels is not None and list(labels) != list(data.labels):
         raise UserError(f"{where}: its classes {labels[:5]}... differ from the student data's {list(data.labels)[:5]}...")
     if tcfg.model.vocab_size != cfg.model.vocab_size and cfg.task != "classify" and not data.tokenizer.kind == "pixels":
@@ -154,7 +157,8 @@ def distill_run(teacher: str | Path, student: str | Path | None, out: str | Path
         half = {k: max(1, getattr(m, k) // 2) for k in ("n_layers", "n_encoder_layers", "n_decoder_layers")
                 if getattr(m, k)}
         base = dataclasses.replace(tcfg, model=dataclasses.replace(m, **half, quantized=None, int8_layers=None,
-                                                                   layer_heads=None, layer_d_ff=None))
+                                                                   layer_heads=None, layer_d_ff=None),
+                                   train=dataclasses.replace(tcfg.train, init_from=None))
         cfg = load_config(None, list(sets), base=base)
     else:
         cfg = load_config(student, list(sets))
@@ -163,16 +167,16 @@ def distill_run(teacher: str | Path, student: str | Path | None, out: str | Path
     data = cfg.data
     if (ckpt / "tokenizer.json").exists() and str(data.tokenizer) in ("auto", "bpe", "unigram", tcfg.data.tokenizer):
         data = dataclasses.replace(data, tokenizer=str((ckpt / "tokenizer.json").resolve()), vocab_size=0)
-    cfg = dataclasses.replace(cfg, data=data, distill=dataclasses.replace(cfg.distill, teacher=str(ckpt)))
+    cfg = dataclasses.replace(cfg, data=data, distill=dataclasses.replace(cfg.distill, teacher=str(ckpt.resolve())))
     summary = {"teacher": str(ckpt), "sequence_level": sequence_level}
     if sequence_level:
         if cfg.task != "translate":
             raise UserError(f"--sequence-level is for task=translate (beam outputs as targets), not task={cfg.task}")
         out.mkdir(parents=True, exist_ok=True)
-        files = teacher_translations(ckpt, out / "teacher-data", beam=beam, progress=progress)
+        files = teacher_translations(ckpt, (out / "teacher-data").resolve(), beam=beam, progress=progress)
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(
             cfg.data, source=str(files["train"]), valid_source=str(files["valid"]), test_source=str(files["test"]),
-            src_field="src", tgt_field="tgt", shard_dir=None))
+            src_field="src", tgt_field="tgt", shard_dir=None), distill=dataclasses.replace(cfg.distill, teacher=None))
         summary["teacher_data"] = {k: str(v) for k, v in files.items()}
     result = train(cfg, out, progress=progress)
     summary.update({k: v for k, v in result.items() if isinstance(v, (int, float, str))})

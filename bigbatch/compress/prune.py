@@ -190,6 +190,8 @@ def prune_run(run: str | Path, out: str | Path, heads: float = 0.0, ffn: float =
                                            write_weights_run)
 
     heads, ffn, unstructured = _fraction("heads", heads), _fraction("ffn", ffn), _fraction("unstructured", unstructured)
+    if eval_examples is not None and eval_examples < 1:
+        raise UserError(f"--eval-examples {eval_examples}: expected a number of examples >= 1")
     if finetune_steps < 0:
         raise UserError(f"--finetune-steps {finetune_steps}: expected a number of steps >= 0")
     if unstructured and (heads or ffn):
@@ -233,7 +235,9 @@ def prune_run(run: str | Path, out: str | Path, heads: float = 0.0, ffn: float =
 
         t = dataclasses.replace(cfg.train, init_from=str(pruned_dir), max_steps=finetune_steps, epochs=None,
                                 max_time_s=None, max_tokens=None, patience=None)
-        o = dataclasses.replace(cfg.optim, reference_batch=None, warmup_steps=None, base_lr=None,
+        # recovery, not training from scratch: 0.3x the run's peak lr, a short warm-up, linear decay to 0
+        o = dataclasses.replace(cfg.optim, lr=cfg.optim.lr * 0.3, reference_batch=None, warmup_steps=None,
+                                warmup_fraction=0.05, schedule="linear", min_lr_ratio=0.0, base_lr=None,
                                 base_warmup_steps=None)
         tuned = dataclasses.replace(cfg, train=t, optim=o)
         tuned = load_config(None, list(sets), base=tuned) if sets else tuned

@@ -105,6 +105,7 @@ def quantize_model(model: nn.Module, method: str, layers: list[str] | None = Non
     """Replace ``layers`` (default: every nn.Linear) by Int8Linear quantized from their weights, in place;
     returns the names replaced."""
     names = linear_layers(model) if layers is None else layers
+    names = [n for n in names if model.get_submodule(n).weight.numel() > 0]  # a pruned-away layer stays empty
     for name in names:
         _swap(model, name, Int8Linear.from_linear(model.get_submodule(name), method))
     return names
@@ -150,6 +151,10 @@ def quantize_run(run: str | Path, out: str | Path, method: str = "dynamic-int8",
 
     if method not in METHODS:
         raise UserError(f"--method {method}: expected one of {', '.join(METHODS)}")
+    if eval_examples is not None and eval_examples < 1:
+        raise UserError(f"--eval-examples {eval_examples}: expected a number of examples >= 1")
+    if Path(out).exists() and (not Path(out).is_dir() or any(Path(out).iterdir())):
+        raise UserError(f"--out {out}: already exists and is not empty; give a new directory (nothing is overwritten)")
     ckpt = resolve_checkpoint(run)
     model, cfg = load(ckpt)
     if cfg.model.quantized:

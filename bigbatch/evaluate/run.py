@@ -37,7 +37,8 @@ def baseline_cached(cfg, split: str, shard_dir: Path | None = None, progress: bo
 @subnormals_flushed()
 def evaluate_run(path: str | Path, split: str = "valid", checkpoint: str = "best", beam: int = 4,
                  length_penalty: float = 1.0, max_examples: int | None = None, seed: int = 0, decode: bool = True,
-                 baseline: bool = True, device: str | None = None, progress: bool = False) -> dict:
+                 baseline: bool = True, device: str | None = None, progress: bool = False,
+                 plots: bool = True) -> dict:
     """Task metrics of a run's checkpoint on ``split``: every example unless ``max_examples`` (a seeded random
     sample of about that many; language models always read the whole split). Translation decodes with beam
     search (``beam`` 1 = greedy). Runs on ``device`` (None = the run's train.device: auto = cuda when available)
@@ -75,7 +76,9 @@ def evaluate_run(path: str | Path, split: str = "valid", checkpoint: str = "best
         result["labels"] = list(data.labels)  # row = true class, column = predicted, in this order
 
         run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt
-        if len(data.labels) > 100:
+        if not plots:
+            pass
+        elif len(data.labels) > 100:
             print(f"note: no confusion-matrix picture for {len(data.labels)} classes (the matrix is in --json)",
                   file=sys.stderr)
         else:

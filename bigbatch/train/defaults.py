@@ -399,7 +399,7 @@ def fill_unset_from(saved: Config, cfg: Config) -> Config:
     resuming a run with the config that started it gives the same model and run length. A value the user
     sets (a new lr, epochs, time budget) is never replaced, nor are the values derived from it."""
     sections = {}
-    for name in ("model", "data", "train", "optim"):
+    for name in ("model", "data", "train", "optim", "distill"):
         mine, theirs = getattr(cfg, name), getattr(saved, name)
         unset = {}
         for f in dataclasses.fields(mine):

@@ -101,6 +101,8 @@ def _check_compatible(saved_path: Path, cfg: Config) -> None:
     saved = load_config(saved_path / "config.yaml")
     diff = [f"model.{k}: {getattr(saved.model, k)} -> {getattr(cfg.model, k)}"
             for k in dataclasses.asdict(cfg.model) if getattr(saved.model, k) != getattr(cfg.model, k)]
+    if saved.distill.teacher != cfg.distill.teacher:
+        diff.append(f"distill.teacher: {saved.distill.teacher} -> {cfg.distill.teacher}")
     if saved.task != cfg.task or diff:
         raise UserError(f"cannot resume {saved_path}: the model differs from the checkpoint's ({'; '.join(diff) or 'task'})")
 
