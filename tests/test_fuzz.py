@@ -217,6 +217,8 @@ def _typed(hint) -> st.SearchStrategy:
         return st.sampled_from(args)
     if origin is tuple:
         return st.lists(st.floats(-0.5, 1.5), min_size=len(args), max_size=len(args))
+    if origin is list:
+        return st.lists(_typed(args[0]), max_size=4)
     return {int: st.one_of(st.integers(-2, 4), st.integers(0, 10**6), st.just(2**63 - 1), st.just(2**63)),
             float: st.one_of(st.floats(-0.5, 2.0), st.floats(0, 1e6), st.sampled_from([0.0, 1.0, 1e-300, 1e300])),
             bool: st.booleans(), str: st.text(max_size=10), type(None): st.none()}[hint]
