@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 import transformers
 
-from bigbatch.interop.hf_gpt2 import from_hf_gpt2
+from bigbatch.interop.hf import from_transformers
 
 SHAPES = {  # name: (vocab, d_model, layers, heads, seq_len, batch)
     "default": (258, 192, 4, 3, 256, 16),       # the embedded default LM of `bigbatch train`
@@ -49,7 +49,7 @@ def bench(name, reps, steps):
                                   embd_pdrop=0.0, attn_pdrop=0.0, attn_implementation="sdpa",
                                   bos_token_id=0, eos_token_id=0)
     hf = transformers.GPT2LMHeadModel(cfg).train()
-    ours = from_hf_gpt2(hf).train()
+    ours = from_transformers(hf).train()
     ids = torch.randint(0, V, (B, T + 1))
     ours_step = step_fn(ours, ids, lambda m, x: m(x))
     hf_step = step_fn(hf, ids, lambda m, x: m(x).logits)

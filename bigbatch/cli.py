@@ -307,6 +307,30 @@ def cmd_compress(args) -> int:
     return 0
 
 
+def cmd_import_hf(args) -> int:
+    from bigbatch.interop.hf import import_hf
+
+    from bigbatch.config import load_config
+
+    out = import_hf(args.hf_dir, args.out_dir)
+    cfg = load_config(out / "config.yaml")
+    m = cfg.model
+    layers = m.n_layers if cfg.task != "translate" else f"{m.n_encoder_layers}+{m.n_decoder_layers}"
+    head = f", {m.num_classes} classes" if m.num_classes else (", no classifier head" if cfg.task == "classify" else "")
+    print(f"{out}: task={cfg.task}, {layers} layers x {m.d_model} wide, {m.n_heads} heads, vocab {m.vocab_size}"
+          f"{head}")
+    return 0
+
+
+def cmd_export_hf(args) -> int:
+    from bigbatch.interop.hf import export_hf
+
+    out = export_hf(args.run, args.out_dir, encoder_only=args.encoder_only)
+    print(f"{out}: {json.loads((out / 'config.json').read_text())['architectures'][0]} "
+          "(transformers.AutoModel*.from_pretrained and AutoTokenizer.from_pretrained read it)")
+    return 0
+
+
 def cmd_bench(args) -> int:
     from bigbatch.train.bench import matmul_peak, throughput
 
@@ -337,10 +361,7 @@ def cmd_bench(args) -> int:
 def cmd_plot(args) -> int:
     from bigbatch.train.metrics import plot_runs
 
-    for run in args.runs:
-        if not (Path(run) / "metrics.jsonl").exists():
-            raise UserError(f"{run}: no metrics.jsonl; expected a run directory")
-    print(plot_runs([Path(r) for r in args.runs], Path(args.out)))
+    print(plot_runs([Path(r) for r in args.runs], Path(args.out), args.x))
     return 0
 
 
@@ -494,9 +515,24 @@ def build_parser() -> argparse.ArgumentParser:
                         help="validation examples the metric is measured on (default 2000)")
     cp.set_defaults(func=cmd_compress)
 
-    pl = sub.add_parser("plot", help="plot loss / lr / throughput of runs into one PNG")
+    ih = sub.add_parser("import-hf", help="a Hugging Face checkpoint directory (BERT/MiniLM, GPT-2, Marian) -> a run "
+                                          "directory every command accepts")
+    ih.add_argument("hf_dir", help="directory with config.json, model.safetensors or pytorch_model.bin, tokenizer files")
+    ih.add_argument("out_dir", help="the run directory to write (new or empty)")
+    ih.set_defaults(func=cmd_import_hf)
+    eh = sub.add_parser("export-hf", help="a run (lm, classify or translate) -> a Hugging Face checkpoint directory "
+                                          "(GPT-2, BERT, Marian)")
+    eh.add_argument("run", help="run or checkpoint directory")
+    eh.add_argument("out_dir", help="the directory to write (new or empty)")
+    eh.add_argument("--encoder-only", action="store_true",
+                    help="classify: write the encoder alone (BertModel), e.g. for a mean-pooling classifier")
+    eh.set_defaults(func=cmd_export_hf)
+
+    pl = sub.add_parser("plot", help="overlay train / valid loss, lr and tokens/s of runs in one PNG")
     pl.add_argument("runs", nargs="+", help="run directories")
-    pl.add_argument("--out", default="plots.png")
+    pl.add_argument("--x", default="step", metavar="step|tokens|time",
+                    help="x axis: optimizer steps, training tokens, or training time in seconds (default step)")
+    pl.add_argument("--out", default="plots.png", help="the figure to write (.png, .svg or .pdf; default plots.png)")
     pl.set_defaults(func=cmd_plot)
     for command in sub.choices.values():  # --debug after the subcommand too; SUPPRESS keeps one given before
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")

@@ -53,7 +53,7 @@ class ModelConfig:
     max_len: Optional[int] = None
     """Longest sequence the positional encoding covers (longer inputs are cut); None = lm: data.seq_len,
     classify / translate: the 99th percentile of the training lengths (at most 512)."""
-    activation: Literal["gelu", "gelu_tanh", "relu"] = "gelu"
+    activation: Literal["gelu", "gelu_tanh", "relu", "silu"] = "gelu"
     """Feed-forward non-linearity."""
     bias: bool = True
     """Biases in linear layers."""
@@ -92,6 +92,23 @@ class ModelConfig:
     """audio: mel filters of the log-mel front end (25 ms windows every 10 ms)."""
     patch_frames: int = 10
     """audio: spectrogram frames (10 ms each) per patch."""
+    norm_eps: Optional[float] = None
+    """Epsilon of every norm layer; None = torch's default (LayerNorm 1e-5, RMSNorm the dtype's machine epsilon).
+    BERT uses 1e-12 (set by ``bigbatch import-hf``)."""
+    embed_norm: bool = False
+    """A norm layer on the embedding sum, before dropout (BERT's embedding LayerNorm)."""
+    type_vocab_size: int = 0
+    """Rows of a token-type (segment) embedding table, BERT's; its type-0 row is added at every position (inputs
+    are single segments). 0 = no table."""
+    pooler: bool = False
+    """classify: a dense layer and tanh between the pooled vector and the head (BERT's pooler, with pool=cls)."""
+    sinusoid_layout: Literal["interleaved", "split"] = "interleaved"
+    """pos=sinusoidal: sines and cosines interleaved (Vaswani et al.), or all sines then all cosines (split:
+    Marian, fairseq)."""
+    decoder_start_id: Optional[int] = None
+    """translate: the token id decoder input starts from; None = the tokenizer's bos (Marian: its pad id)."""
+    output_bias: bool = False
+    """lm / translate: a bias on the output projection (Marian's final_logits_bias)."""
     layer_heads: Optional[list[int]] = None
     """Heads of each attention layer, in module order (encoder self-attention, then decoder self- and
     cross-attention of each block in turn), head size d_model / n_heads; None = n_heads everywhere. Written by
@@ -106,8 +123,9 @@ class ModelConfig:
 
     def __post_init__(self):
         _positive(self, "d_model", "n_heads", "n_layers", "max_len")
-        _non_negative(self, "vocab_size", "num_classes", "image_size", "patch_size", "sample_rate", "clip_seconds")
-        _positive(self, "n_mels", "patch_frames")
+        _non_negative(self, "vocab_size", "num_classes", "image_size", "patch_size", "sample_rate", "clip_seconds",
+                      "type_vocab_size")
+        _positive(self, "n_mels", "patch_frames", "norm_eps")
         if self.channels not in (0, 1, 3):
             raise UserError(f"model.channels={_show(self.channels)} is invalid: expected 1 (grey), 3 (RGB) or 0 (auto)")
         if self.patch_size and self.image_size and self.image_size % self.patch_size:
@@ -272,9 +290,14 @@ class TrainConfig:
     sample_tokens: int = 200
     """Language models: length of the sample printed at the end."""
     init_from: Optional[str] = None
-    """A run or checkpoint directory whose weights start this run (fine-tuning; a pruned model's recovery);
-    model keys this config leaves unset take that run's values, and its model must match. Only a new run:
-    a resumed run continues from its own checkpoint."""
+    """A run or checkpoint directory whose weights start this run (fine-tuning; a pruned model's recovery), or a
+    Hugging Face checkpoint directory (or ``package:NAME/DIR``, a directory inside an installed Python package),
+    imported first into RUN_DIR/pretrained. The model is that run's except keys this config sets to non-default
+    values; an unset data.tokenizer is its tokenizer; a classifier gets a new head where the classes differ.
+    Only a new run: a resumed run continues from its own checkpoint."""
+    freeze_embeddings: bool = False
+    """Keep the token / position / type embeddings (and embedding norm) fixed: fine-tuning a pretrained model
+    on little data."""
 
     def __post_init__(self):
         _positive(self, "max_steps", "log_every", "keep_last", "eval_batches", "max_bad_steps", "epochs", "max_time_s",
@@ -324,11 +347,17 @@ class OptimConfig:
     """Global batch the lr and warm-up were tuned at: tokens if train.global_batch_tokens is set, else examples."""
     base_warmup_steps: Optional[int] = None
     """The warm-up as given, before batch-size scaling (filled in by the trainer)."""
+    layer_lr_decay: float = 1.0
+    """Layer-wise learning-rate decay (Clark et al. 2020, ELECTRA): with L blocks, block i (1 = lowest) learns at
+    lr·decay^(L+1-i), the embeddings at lr·decay^(L+1), the head and final norm at lr. 1 = one lr everywhere;
+    0.7-0.9 is usual when fine-tuning a pretrained encoder."""
 
     def __post_init__(self):
         _positive(self, "lr", "eps")
         _fraction(self, "warmup_fraction")
         _non_negative(self, "weight_decay", "warmup_steps", "momentum")
+        if not 0.0 < self.layer_lr_decay <= 1.0:
+            raise UserError(f"optim.layer_lr_decay={_show(self.layer_lr_decay)} is invalid: expected a number in (0, 1]")
         _positive(self, "reference_batch")
         _fraction(self, "min_lr_ratio", "decay_fraction")
         if not all(0.0 <= b < 1.0 for b in self.betas):

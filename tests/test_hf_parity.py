@@ -5,7 +5,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from bigbatch.interop.hf_gpt2 import from_hf_gpt2  # noqa: E402
+from bigbatch.interop.hf import from_transformers  # noqa: E402
 
 
 def hf_gpt2(seed=0):
@@ -17,14 +17,14 @@ def hf_gpt2(seed=0):
 
 def test_logits_equal_hugging_face_gpt2():
     hf = hf_gpt2()
-    ours = from_hf_gpt2(hf).eval()
+    ours = from_transformers(hf)
     ids = torch.randint(0, 97, (3, 20))
     torch.testing.assert_close(ours(ids), hf(ids).logits, atol=1e-5, rtol=1e-4)
 
 
 def test_gradients_equal_hugging_face_gpt2():
     hf = hf_gpt2(1)
-    ours = from_hf_gpt2(hf)
+    ours = from_transformers(hf).train()
     ids = torch.randint(0, 97, (2, 16))
     hf(ids, labels=ids).loss.backward()
     logits = ours(ids)

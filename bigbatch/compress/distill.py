@@ -191,7 +191,7 @@ def teacher_translations(ckpt: Path, where: Path, beam: int = 4, batch: int = 64
     from bigbatch import load
     from bigbatch.data.pipeline import prepare_spec
     from bigbatch.data.prepare import split_records
-    from bigbatch.nn.generate import translate
+    from bigbatch.nn.generate import decoder_start, translate
     from bigbatch.train.checkpoint import checkpoint_assets
 
     model, cfg = load(ckpt)
@@ -206,13 +206,13 @@ def teacher_translations(ckpt: Path, where: Path, beam: int = 4, batch: int = 64
     limit = max(cfg.model.max_len - 2, 1)
 
     def flush(f, sources):
-        ids = [tokenizer.encode(s)[:limit].tolist() for s in sources]
+        ids = [tokenizer.encode(s, special=True)[:limit].tolist() for s in sources]
         width = max(len(x) for x in ids)
         pad = cfg.model.pad_id if cfg.model.pad_id is not None else 0
         src = torch.tensor([x + [pad] * (width - len(x)) for x in ids])
         mask = torch.tensor([[True] * len(x) + [False] * (width - len(x)) for x in ids])
         with torch.inference_mode():
-            hyps = translate(model, src, tokenizer.bos_id, tokenizer.eos_id, max_new_tokens=limit, beam=beam,
+            hyps = translate(model, src, decoder_start(model, tokenizer), tokenizer.eos_id, max_new_tokens=limit, beam=beam,
                              src_mask=mask)
         for s, h in zip(sources, hyps):
             f.write(json.dumps({"src": s, "tgt": tokenizer.decode(h)}, ensure_ascii=False) + "\n")

@@ -209,8 +209,11 @@ class TaskData:
                                   cfg.data.document_mask, self.tokenizer.eos_id)
         tokens, size = (self.micro, None) if cfg.train.micro_batch_tokens else (None, self.micro)
         augment = cfg.data.augment if shuffle and cfg.task in ("vision", "audio") else "none"  # training batches only
+        special = None
+        if cfg.model.decoder_start_id is not None:  # the decoder starts from this id instead of the tokenizer's bos
+            special = {**shards.manifest["special_ids"], "bos": cfg.model.decoder_start_id}
         return ExampleLoader(shards, cfg.task, cfg.model.max_len, tokens, size, seed, self.rank, self.world_size, shuffle,
-                             augment=augment)
+                             special_ids=special, augment=augment)
 
     def assets(self) -> dict[str, bytes]:
         """What a checkpoint carries so it stands alone: tokenizer.json (when not bytes), labels.json."""

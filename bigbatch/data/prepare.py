@@ -256,8 +256,9 @@ def _init_worker(tokenizer_path: str | None, dtype: str, media: tuple[str, int, 
     _WORKER["dtype"] = np.dtype(dtype)
 
 
-def _encode_flat(texts: list[str], eos: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Texts -> (all their ids back to back in the shard dtype, length of each); ``eos`` appended to each."""
+def _encode_flat(texts: list[str], eos: int | None = None, special: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Texts -> (all their ids back to back in the shard dtype, length of each); ``eos`` appended to each;
+    ``special``: with the tokenizer's template (model inputs: classify texts, translate sources)."""
     tok, dtype = _WORKER["tok"], _WORKER["dtype"]
     if isinstance(tok, ByteTokenizer):  # bytes are ids: no per-token Python objects
         arrays = [np.frombuffer(t.encode("utf-8"), dtype=np.uint8) for t in texts]
@@ -267,7 +268,7 @@ def _encode_flat(texts: list[str], eos: int | None = None) -> tuple[np.ndarray, 
         else:
             lengths = np.array([len(a) for a in arrays], dtype=np.int32)
         return np.concatenate(arrays).astype(dtype, copy=False) if arrays else np.zeros(0, dtype), lengths
-    lists = tok.encode_lists(texts)
+    lists = tok.encode_lists(texts, special=special)
     extra = [] if eos is None else [eos]
     lengths = np.fromiter((len(x) + len(extra) for x in lists), dtype=np.int32, count=len(lists))
     flat = np.fromiter(itertools.chain.from_iterable(x + extra if extra else x for x in lists), dtype=dtype,
@@ -297,7 +298,7 @@ def _tokenize_group(args) -> tuple[dict, int, int]:
                             "labels": [r.get("label") for r in records], "n_bytes": src_len.astype(np.int64)}
             continue
         if task == "translate":
-            src, src_len = _encode_flat([r["src"] for r in records])
+            src, src_len = _encode_flat([r["src"] for r in records], special=True)
             tgt, tgt_len = _encode_flat([r["tgt"] for r in records])
             starts, tstarts = np.concatenate([[0], np.cumsum(src_len)]), np.concatenate([[0], np.cumsum(tgt_len)])
             tokens = np.concatenate([x for i in range(len(records)) for x in
@@ -306,7 +307,7 @@ def _tokenize_group(args) -> tuple[dict, int, int]:
             chars += sum(len(r["tgt"]) for r in records)
         else:
             texts = [r["text"] for r in records]
-            tokens, src_len = _encode_flat(texts, tok.eos_id if task == "lm" else None)
+            tokens, src_len = _encode_flat(texts, tok.eos_id if task == "lm" else None, special=task != "lm")
             tgt_len = np.zeros(len(records), dtype=np.int32)
         chars += sum(len(t) for t in texts)
         parts[split] = {"tokens": tokens, "length": src_len, "tgt_length": tgt_len,

@@ -1,7 +1,10 @@
 """Tokenizers: byte-level (nothing to train), or BPE / Unigram trained with Hugging Face `tokenizers`.
 
 Every tokenizer here has the same small surface: ``encode(text) -> uint32 ids``, ``encode_batch``,
-``decode(ids)``, ``vocab_size`` and the special ids ``pad_id``, ``bos_id``, ``eos_id``.
+``decode(ids)``, ``vocab_size`` and the special ids ``pad_id``, ``bos_id``, ``eos_id``. ``special=True`` applies
+a tokenizer.json's own template (BERT's [CLS] ... [SEP], Marian's ... </s>) to model inputs: classify texts and
+translate sources; language-model documents and translate targets are encoded without it (the data pipeline
+adds eos / bos itself). Tokenizers trained here have no template.
 ``data.tokenizer`` takes ``byte``, ``bpe``, ``unigram`` (trained on a sample of the training data,
 ``data.vocab_size`` entries) or a path to a tokenizer.json / a Hugging Face tokenizer directory.
 """
@@ -31,13 +34,13 @@ class ByteTokenizer:
     eos_id, pad_id, bos_id = 256, 257, 258
     vocab_size = 259
 
-    def encode(self, text: str) -> np.ndarray:
+    def encode(self, text: str, special: bool = False) -> np.ndarray:
         return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.uint32)
 
     def encode_batch(self, texts: Iterable[str]) -> list[np.ndarray]:
         return [self.encode(t) for t in texts]
 
-    def encode_lists(self, texts: Iterable[str]) -> list[list[int]]:
+    def encode_lists(self, texts: Iterable[str], special: bool = False) -> list[list[int]]:
         return [list(t.encode("utf-8")) for t in texts]
 
     def decode(self, ids) -> str:
@@ -81,9 +84,9 @@ class HFTokenizer:
                 return i
         return None
 
-    def encode(self, text: str) -> np.ndarray:
+    def encode(self, text: str, special: bool = False) -> np.ndarray:
         try:
-            ids = self.tok.encode(text, add_special_tokens=False).ids
+            ids = self.tok.encode(text, add_special_tokens=special).ids
         except Exception as e:  # a tokenizer.json that loads but cannot encode (e.g. no unk token)
             raise _encode_error(e) from None
         return np.asarray(ids, dtype=np.uint32)
@@ -91,9 +94,9 @@ class HFTokenizer:
     def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
         return [np.asarray(ids, dtype=np.uint32) for ids in self.encode_lists(texts)]
 
-    def encode_lists(self, texts: list[str]) -> list[list[int]]:
+    def encode_lists(self, texts: list[str], special: bool = False) -> list[list[int]]:
         try:
-            return [e.ids for e in self.tok.encode_batch(list(texts), add_special_tokens=False)]
+            return [e.ids for e in self.tok.encode_batch(list(texts), add_special_tokens=special)]
         except Exception as e:
             raise _encode_error(e) from None
 

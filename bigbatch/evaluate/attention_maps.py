@@ -55,9 +55,9 @@ def _token_strings(tokenizer, ids) -> list[str]:
 def attention_maps(model, task: str, tokenizer, text: str, max_len: int, max_new_tokens: int = 64) -> list[AttentionMap]:
     """Every attention layer of ``model`` (eval mode) on ``text``. lm and classify: the text's tokens;
     translate: the source, and the model's own greedy translation of it as the decoder's input."""
-    from bigbatch.nn.generate import translate
+    from bigbatch.nn.generate import decoder_start, translate
 
-    ids = torch.from_numpy(tokenizer.encode(text)[:max_len].astype("int64"))[None]
+    ids = torch.from_numpy(tokenizer.encode(text, special=task != "lm")[:max_len].astype("int64"))[None]
     if ids.size(1) == 0:
         raise UserError("the input text is empty: give at least one character")
     layers = _layers(model)
@@ -66,8 +66,8 @@ def attention_maps(model, task: str, tokenizer, text: str, max_len: int, max_new
     try:
         with torch.no_grad():
             if task == "translate":
-                out = translate(model, ids, tokenizer.bos_id, tokenizer.eos_id, min(max_new_tokens, max_len - 1))[0]
-                tgt = torch.tensor([[tokenizer.bos_id, *out]], dtype=torch.long)
+                out = translate(model, ids, decoder_start(model, tokenizer), tokenizer.eos_id, min(max_new_tokens, max_len - 1))[0]
+                tgt = torch.tensor([[decoder_start(model, tokenizer), *out]], dtype=torch.long)
                 for _, _, attn in layers:
                     attn.recorded = None  # only the teacher-forced pass over the finished translation
                 model(ids, tgt)

@@ -104,14 +104,14 @@ def translation_scores(model, batches, tokenizer, device, beam: int = 1, max_sen
     import sacrebleu
     from tqdm import tqdm
 
-    from bigbatch.nn.generate import translate
+    from bigbatch.nn.generate import decoder_start, translate
 
     was_training = model.training
     model.eval()
     hyps, refs = [], []
     bar = tqdm(desc="decode", unit="sent", disable=not progress, mininterval=1.0)
     for batch in batches:
-        out = translate(model, batch["src_ids"].to(device), tokenizer.bos_id, tokenizer.eos_id,
+        out = translate(model, batch["src_ids"].to(device), decoder_start(model, tokenizer), tokenizer.eos_id,
                         max_new_tokens=model.config.max_len - 1, beam=beam, length_penalty=length_penalty,
                         src_mask=batch["src_mask"].to(device))
         hyps += [tokenizer.decode(o) for o in out]

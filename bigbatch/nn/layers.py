@@ -15,6 +15,7 @@ ACTIVATIONS = {
     "gelu": F.gelu,
     "gelu_tanh": partial(F.gelu, approximate="tanh"),
     "relu": F.relu,
+    "silu": F.silu,
 }
 NORMS = {"layernorm": nn.LayerNorm, "rmsnorm": nn.RMSNorm}
 _INT16_STATES = 1 << 16
@@ -164,10 +165,14 @@ class Embedding(nn.Module):
     """Token embedding plus absolute positions (sinusoidal or learned; none for rope).
 
     With sinusoids the token embedding is scaled by √d_model, as in the original Transformer,
-    so the two have comparable size.
+    so the two have comparable size. ``n_types`` adds a token-type table (BERT's segment embedding) whose
+    type-0 row is added at every position (bigbatch feeds single segments); ``norm`` normalises the sum
+    before dropout (BERT's embedding LayerNorm). ``sinusoid_layout`` "split" puts all sines before all
+    cosines (Marian / fairseq) instead of interleaving them.
     """
 
-    def __init__(self, vocab_size: int, d_model: int, max_len: int, pos: str, dropout: float = 0.0):
+    def __init__(self, vocab_size: int, d_model: int, max_len: int, pos: str, dropout: float = 0.0,
+                 n_types: int = 0, norm: nn.Module | None = None, sinusoid_layout: str = "interleaved"):
         super().__init__()
         self.tok = nn.Embedding(vocab_size, d_model)
         self.pos_kind = pos
@@ -176,7 +181,14 @@ class Embedding(nn.Module):
         if pos == "learned":
             self.pos = nn.Embedding(max_len, d_model)
         elif pos == "sinusoidal":
-            self.register_buffer("pos_table", sinusoids(max_len, d_model), persistent=False)
+            table = sinusoids(max_len, d_model)
+            if sinusoid_layout == "split":
+                table = torch.cat([table[:, 0::2], table[:, 1::2]], dim=1)
+            self.register_buffer("pos_table", table, persistent=False)
+        self.n_types = n_types
+        if n_types:
+            self.types = nn.Embedding(n_types, d_model)
+        self.norm = norm
         self.dropout = Dropout(dropout)
 
     def forward(self, ids: Tensor, offset: int = 0) -> Tensor:
@@ -191,4 +203,8 @@ class Embedding(nn.Module):
             x = x + self.pos.weight[offset : offset + L]
         elif self.pos_kind == "sinusoidal":
             x = x + self.pos_table[offset : offset + L]
+        if self.n_types:
+            x = x + self.types.weight[0]
+        if self.norm is not None:
+            x = self.norm(x)
         return self.dropout(x)

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from bigbatch.config import ModelConfig
 from bigbatch.nn.attention import MultiHeadAttention
 from bigbatch.nn.layers import Dropout, Embedding, FeedForward, sinusoids
-from bigbatch.nn.transformer import DecodeCache, Decoder, Encoder
+from bigbatch.nn.transformer import DecodeCache, Decoder, Encoder, norm_class
 
 
 def _resolve(config: ModelConfig | None, overrides: dict, needs: tuple[str, ...]) -> ModelConfig:
@@ -46,15 +46,22 @@ def init_weights(model: nn.Module, n_layers: int) -> None:
             nn.init.zeros_(p)
 
 
+def token_embedding(cfg: ModelConfig) -> Embedding:
+    """The token + position embedding of a text model (with BERT's type table and norm where configured)."""
+    return Embedding(cfg.vocab_size, cfg.d_model, cfg.max_len, cfg.pos, cfg.dropout, n_types=cfg.type_vocab_size,
+                     norm=norm_class(cfg)(cfg.d_model) if cfg.embed_norm else None,
+                     sinusoid_layout=cfg.sinusoid_layout)
+
+
 class CausalLM(nn.Module):
     """Decoder-only language model (GPT-style). input_ids (B, T) -> logits (B, T, V)."""
 
     def __init__(self, config: ModelConfig | None = None, **overrides):
         super().__init__()
         cfg = self.config = _resolve(config, overrides, ("vocab_size",))
-        self.embed = Embedding(cfg.vocab_size, cfg.d_model, cfg.max_len, cfg.pos, cfg.dropout)
+        self.embed = token_embedding(cfg)
         self.decoder = Decoder(cfg, cfg.n_layers)
-        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=cfg.output_bias)
         init_weights(self, cfg.n_layers)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed.tok.weight
@@ -81,10 +88,10 @@ class Seq2Seq(nn.Module):
     def __init__(self, config: ModelConfig | None = None, **overrides):
         super().__init__()
         cfg = self.config = _resolve(config, overrides, ("vocab_size",))
-        self.embed = Embedding(cfg.vocab_size, cfg.d_model, cfg.max_len, cfg.pos, cfg.dropout)
+        self.embed = token_embedding(cfg)
         self.encoder = Encoder(cfg, cfg.n_encoder_layers or cfg.n_layers)
         self.decoder = Decoder(cfg, cfg.n_decoder_layers or cfg.n_layers, cross_attention=True)
-        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=cfg.output_bias)
         init_weights(self, max(len(self.encoder.blocks), len(self.decoder.blocks)))
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed.tok.weight
@@ -121,16 +128,31 @@ class TextClassifier(nn.Module):
 
     def __init__(self, config: ModelConfig | None = None, **overrides):
         super().__init__()
-        cfg = self.config = _resolve(config, overrides, ("vocab_size", "num_classes"))
-        self.embed = Embedding(cfg.vocab_size, cfg.d_model, cfg.max_len, cfg.pos, cfg.dropout)
+        cfg = self.config = _resolve(config, overrides, ("vocab_size",))
+        self.embed = token_embedding(cfg)
         self.encoder = Encoder(cfg, cfg.n_layers)
-        self.head = nn.Linear(cfg.d_model, cfg.num_classes)
+        self.pooler = nn.Linear(cfg.d_model, cfg.d_model) if cfg.pooler else None
+        # num_classes 0: an encoder without a head (an imported BertModel), to be fine-tuned (train.init_from)
+        self.head = nn.Linear(cfg.d_model, cfg.num_classes) if cfg.num_classes else None
         init_weights(self, cfg.n_layers)
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+    def features(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """input_ids (B, T) -> the encoder's last hidden states (B, T, D)."""
         if attention_mask is None and self.config.pad_id is not None:
             attention_mask = input_ids != self.config.pad_id
-        h = self.encoder(self.embed(input_ids), key_mask=attention_mask)  # (B, T, D)
+        return self.encoder(self.embed(input_ids), key_mask=attention_mask)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        if self.head is None:
+            raise ValueError("this model has no classifier head (model.num_classes=0); fine-tune it on labelled "
+                             "data first (train.init_from)")
+        return self.head(self.pooled(input_ids, attention_mask))
+
+    def pooled(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """(B, T) -> the vector the head reads (B, D): pooled hidden states (through the pooler if any)."""
+        if attention_mask is None and self.config.pad_id is not None:
+            attention_mask = input_ids != self.config.pad_id
+        h = self.features(input_ids, attention_mask)  # (B, T, D)
         if self.config.pool == "cls":
             pooled = h[:, 0]
         elif self.config.pool == "last":
@@ -140,7 +162,7 @@ class TextClassifier(nn.Module):
         else:
             m = attention_mask.to(h.dtype).unsqueeze(-1)  # (B, T, 1)
             pooled = (h * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
-        return self.head(pooled)
+        return torch.tanh(self.pooler(pooled)) if self.pooler is not None else pooled
 
 
 def default_patch(image_size: int, power_of_2: bool = False) -> int:

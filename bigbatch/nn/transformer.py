@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from torch import Tensor, nn
 
 from bigbatch.config import ModelConfig
 from bigbatch.nn.attention import KVCache, causal_mask
 from bigbatch.nn.layers import NORMS, Block, RotaryEmbedding
+
+
+def norm_class(cfg: ModelConfig):
+    """The norm layer of model.norm, with model.norm_eps where it is set."""
+    return NORMS[cfg.norm] if cfg.norm_eps is None else partial(NORMS[cfg.norm], eps=cfg.norm_eps)
 
 
 class DecodeCache:
@@ -41,7 +48,7 @@ class Stack(nn.Module):
 
     def __init__(self, cfg: ModelConfig, n_layers: int, cross_attention: bool = False):
         super().__init__()
-        norm_layer = NORMS[cfg.norm]
+        norm_layer = norm_class(cfg)
         d_ff = cfg.d_ff or 4 * cfg.d_model
         self.blocks = nn.ModuleList(
             Block(cfg.d_model, cfg.n_heads, d_ff, cfg.dropout, norm_layer, cfg.norm_first,

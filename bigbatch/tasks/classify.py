@@ -33,7 +33,7 @@ class Classification(Task):
 
 def classify_text(model, tokenizer, labels: list, text: str) -> tuple[object, float]:
     """(label, probability) of the most likely class of ``text`` (cut to model.config.max_len tokens)."""
-    ids = torch.from_numpy(tokenizer.encode(text)[: model.config.max_len].astype("int64"))[None]
+    ids = torch.from_numpy(tokenizer.encode(text, special=True)[: model.config.max_len].astype("int64"))[None]
     with torch.no_grad():
         probs = model(ids, torch.ones_like(ids, dtype=torch.bool)).softmax(-1)[0]
     k = int(probs.argmax())

@@ -42,10 +42,10 @@ class Translation(Task):
 
 def translate_text(model, tokenizer, text: str, beam: int = 1, length_penalty: float = 1.0) -> str:
     """The model's translation of ``text`` (cut to model.config.max_len tokens): greedy, or beam search."""
-    from bigbatch.nn.generate import translate
+    from bigbatch.nn.generate import decoder_start, translate
 
     max_len = model.config.max_len
-    ids = torch.from_numpy(tokenizer.encode(text)[:max_len].astype("int64"))[None]
-    out = translate(model, ids, tokenizer.bos_id, tokenizer.eos_id, max_len - 1, beam=beam,
+    ids = torch.from_numpy(tokenizer.encode(text, special=True)[:max_len].astype("int64"))[None]
+    out = translate(model, ids, decoder_start(model, tokenizer), tokenizer.eos_id, max_len - 1, beam=beam,
                     length_penalty=length_penalty)
     return tokenizer.decode(out[0])

@@ -498,7 +498,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", checkpoint:
     return model.to(device).eval(), config
 
 
-def checkpoint_assets(ckpt: Path, config: Config):
+def checkpoint_assets(ckpt: Path, config: Config, head: bool = True):
     """(tokenizer, class names or None) a checkpoint was trained with: its own tokenizer.json and labels.json
     (checkpoints of earlier versions: its run directory's). Refuses, in one line, rather than fall back to
     bytes or to numbered labels, which would give wrong answers."""
@@ -526,7 +526,11 @@ def checkpoint_assets(ckpt: Path, config: Config):
         raise UserError(f"{tok_file}: {tokenizer.vocab_size} ids, more than the model's vocab_size "
                         f"{config.model.vocab_size}; it is not this model's tokenizer")
     labels = None
-    if get_task(config.task).labelled:
+    if config.task == "classify" and not config.model.num_classes:
+        if head:
+            raise UserError(f"{ckpt}: this model has no classifier head (an encoder imported without one); fine-tune "
+                            "it on labelled data first: bigbatch train CONFIG --set train.init_from=RUN_DIR")
+    elif get_task(config.task).labelled:
         labels_file = next((d / "labels.json" for d in places if (d / "labels.json").exists()), None)
         if labels_file is None:
             raise UserError(f"{ckpt}: no labels.json (the class names); copy the run's labels.json into the "

@@ -412,6 +412,28 @@ def fill_unset_from(saved: Config, cfg: Config) -> Config:
     return dataclasses.replace(cfg, **sections)
 
 
+def inherit_from_init(init: Config, init_dir, cfg: Config) -> Config:
+    """A run that starts from the weights of ``init`` (train.init_from): its model is init's, except the keys this
+    config sets to something other than their default (dropout, a shorter max_len, ...); the number of classes
+    comes from this run's data; an unset (auto) data.tokenizer is init's, so the ids mean what they meant."""
+    from pathlib import Path
+
+    from bigbatch.config import ModelConfig
+
+    default, mine = ModelConfig(), cfg.model
+    changed = {f.name: getattr(mine, f.name) for f in dataclasses.fields(mine)
+               if getattr(mine, f.name) != getattr(default, f.name)}
+    model = dataclasses.replace(init.model, **{**changed, "num_classes": mine.num_classes, "quantized": None,
+                                              "int8_layers": None})
+    data = cfg.data
+    if data.tokenizer == "auto":
+        own = Path(init_dir) / "tokenizer.json"
+        tokenizer = str(own.resolve()) if init.data.tokenizer not in ("byte", "pixels", "pcm16") and own.exists() \
+            else init.data.tokenizer
+        data = dataclasses.replace(data, tokenizer=tokenizer)
+    return dataclasses.replace(cfg, model=model, data=data)
+
+
 def _is_unset(section: str, key: str, value) -> bool:
     if value is None or value == "auto":
         return True

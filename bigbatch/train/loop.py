@@ -107,28 +107,54 @@ def _check_compatible(saved_path: Path, cfg: Config) -> None:
         raise UserError(f"cannot resume {saved_path}: the model differs from the checkpoint's ({'; '.join(diff) or 'task'})")
 
 
-def _init_from(model: torch.nn.Module, cfg: Config, dist: Dist) -> None:
-    """Load the weights of train.init_from into a new run's model (every rank: the same weights)."""
-    from safetensors.torch import load_model as st_load_model
+def _init_from(model: torch.nn.Module, cfg: Config, dist: Dist, labels: list | None) -> None:
+    """Load the weights of train.init_from into a new run's model (every rank: the same weights).
+
+    A classifier's head (and pooler) starts fresh where the checkpoint has none, another shape, or other class
+    names than this run's data; a learned position table longer than model.max_len keeps its first rows. Any
+    other difference is refused."""
+    from safetensors.torch import load_file
 
     from bigbatch.train.checkpoint import resolve_checkpoint, verify
 
     init = resolve_checkpoint(cfg.train.init_from)
     verify(init)
     saved = load_config(init / "config.yaml")
+    where = f"train.init_from={cfg.train.init_from}"
     if saved.model.quantized:
-        raise UserError(f"train.init_from={cfg.train.init_from}: an int8 model cannot be trained; start from the "
-                        "float run it was quantized from")
+        raise UserError(f"{where}: an int8 model cannot be trained; start from the float run it was quantized from")
     if saved.task != cfg.task:
-        raise UserError(f"train.init_from={cfg.train.init_from}: a task={saved.task} run, this run has task={cfg.task}")
+        raise UserError(f"{where}: a task={saved.task} run, this run has task={cfg.task}")
+    weights = load_file(str(init / "model.safetensors"))
+    mine = model.state_dict()
+    same_labels = labels is None or (init / "labels.json").exists() and json.loads((init / "labels.json").read_text()) == labels
+    fresh, notes = [], []
+    for name in list(weights):
+        if name.split(".")[0] in ("head", "pooler") and (name not in mine or not same_labels and name.startswith("head.")
+                                                          or weights[name].shape != mine[name].shape):
+            del weights[name]
+        elif name == "embed.pos.weight" and name in mine and weights[name].size(0) > mine[name].size(0):
+            notes.append(f"position table cut from {weights[name].size(0)} to {mine[name].size(0)} rows")
+            weights[name] = weights[name][: mine[name].size(0)]
+    for name in mine:
+        if name not in weights and name.split(".")[0] in ("head", "pooler"):
+            fresh.append(name)
+    if getattr(model, "lm_head", None) is not None and cfg.model.tie_embeddings:
+        weights.pop("lm_head.weight", None)  # tied to embed.tok.weight
     try:
-        st_load_model(model, str(init / "model.safetensors"), device=str(next(model.parameters()).device))
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+        bad = [k for k in missing if k not in fresh and not (k == "lm_head.weight" and cfg.model.tie_embeddings)]
+        if bad or unexpected:
+            raise ValueError(f"{'missing ' + bad[0] if bad else 'unexpected ' + unexpected[0]}")
     except (ValueError, RuntimeError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-        raise UserError(f"train.init_from={cfg.train.init_from}: its weights do not fit this run's model ({first}); "
-                        "leave the model keys unset to take that run's") from None
+        raise UserError(f"{where}: its weights do not fit this run's model ({first}); leave the model keys unset to "
+                        "take that run's") from None
+    if fresh:
+        notes.append(f"new {' and '.join(sorted({k.split('.')[0] for k in fresh}))} "
+                     f"({'other classes' if not same_labels else 'not in the checkpoint'})")
     if dist.is_main:
-        print(f"weights from {init}", file=sys.stderr)
+        print(f"weights from {init}" + (f" ({'; '.join(notes)})" if notes else ""), file=sys.stderr)
 
 
 @subnormals_flushed()
@@ -184,6 +210,20 @@ def _train(cfg: Config, run_dir, progress: bool, dist: Dist, device: torch.devic
 def _train_locked(cfg: Config, run_dir: Path, progress: bool, dist: Dist, device: torch.device, strategy: str,
                   wall_start: float) -> dict:
     ckpt = _resumable(run_dir, dist)
+    if ckpt is None and cfg.train.init_from:  # a Hugging Face checkpoint: imported into RUN_DIR/pretrained first
+        from bigbatch.interop.hf import pretrained_run
+
+        found, error = None, None
+        if dist.is_main:
+            try:
+                found = pretrained_run(cfg.train.init_from, run_dir)
+            except UserError as e:
+                error = str(e)
+        found, error = dist.broadcast((found and str(found), error))
+        if error:
+            raise UserError(error)
+        if found:
+            cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, init_from=found))
     if ckpt is None and dist.is_main:
         # the config as given, before data preparation (minutes on a large source): a run stopped there is
         # restarted by `bigbatch train --run-dir DIR` with its own config, not the embedded default
@@ -205,7 +245,11 @@ def _train_locked(cfg: Config, run_dir: Path, progress: bool, dist: Dist, device
     if ckpt is not None:
         _check_compatible(ckpt, cfg)
     elif cfg.train.init_from:
-        _init_from(model, cfg, dist)
+        _init_from(model, cfg, dist, data.labels if get_task(cfg.task).labelled else None)
+    if cfg.train.freeze_embeddings:
+        for name, p in model.named_parameters():
+            if name.startswith("embed."):
+                p.requires_grad_(False)
     objective = functools.partial(get_task(cfg.task).objective, label_smoothing=cfg.train.label_smoothing or 0.0)
     if cfg.distill.teacher:
         from bigbatch.compress.distill import Distiller, init_from_teacher, load_teacher

@@ -11,15 +11,35 @@ from bigbatch.config import OptimConfig
 from bigbatch.errors import UserError
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Decay matrices and embeddings; leave biases and norm gains alone (tied tensors once)."""
-    decay, no_decay, seen = [], [], set()
-    for p in model.parameters():
+def layer_depth(name: str, n_layers: int) -> int:
+    """0 for embeddings, i + 1 for block i of a stack, n_layers + 1 for the rest (head, final norm)."""
+    parts = [x for x in name.split(".") if x not in ("module", "_orig_mod")]  # DDP / torch.compile wrappers
+    if parts[0] == "embed":
+        return 0
+    if len(parts) > 2 and parts[1] == "blocks" and parts[2].isdigit():
+        return int(parts[2]) + 1
+    return n_layers + 1
+
+
+def param_groups(model: nn.Module, weight_decay: float, lr: float | None = None, layer_decay: float = 1.0) -> list[dict]:
+    """Decay matrices and embeddings; leave biases and norm gains alone (tied tensors once). With ``layer_decay``
+    < 1 each depth gets its own lr (optim.layer_lr_decay), the top first (the lr the loop logs is group 0's)."""
+    names = [n for n, _ in model.named_parameters()]
+    n_layers = max((d for d in (layer_depth(n, -1) for n in names) if d > 0), default=0)
+    groups, seen = {}, set()
+    for name, p in model.named_parameters():
         if not p.requires_grad or id(p) in seen:
             continue
         seen.add(id(p))
-        (decay if p.dim() >= 2 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        depth = layer_depth(name, n_layers) if layer_decay != 1.0 else 0
+        groups.setdefault((-depth, p.dim() < 2), []).append(p)
+    out = []
+    for (neg_depth, no_decay), params in sorted(groups.items()):
+        group = {"params": params, "weight_decay": 0.0 if no_decay else weight_decay}
+        if layer_decay != 1.0 and lr is not None:
+            group["lr"] = lr * layer_decay ** (n_layers + 1 + neg_depth)
+        out.append(group)
+    return out
 
 
 class LAMB(torch.optim.Optimizer):
@@ -67,7 +87,7 @@ class LAMB(torch.optim.Optimizer):
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.weight_decay)
+    groups = param_groups(model, cfg.weight_decay, cfg.lr, cfg.layer_lr_decay)
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
     if cfg.name == "lamb":

@@ -14,7 +14,7 @@ from bigbatch.data.shards import read_manifest
 from bigbatch.distributed.process import ONE_PROCESS, Dist
 from bigbatch.errors import UserError
 from bigbatch.tasks import get_task
-from bigbatch.train.defaults import DataStats, fill_unset_from, resolve_from_data
+from bigbatch.train.defaults import DataStats, fill_unset_from, inherit_from_init, resolve_from_data
 
 
 @dataclasses.dataclass
@@ -131,8 +131,8 @@ def setup_run(cfg: Config, device: torch.device, dist: Dist = ONE_PROCESS, progr
     elif cfg.train.init_from:  # the model of the run it starts from, where this config leaves keys unset
         from bigbatch.train.checkpoint import resolve_checkpoint
 
-        init = load_config(resolve_checkpoint(cfg.train.init_from) / "config.yaml")
-        cfg = dataclasses.replace(cfg, model=fill_unset_from(init, cfg).model)
+        init_dir = resolve_checkpoint(cfg.train.init_from)
+        cfg = inherit_from_init(load_config(init_dir / "config.yaml"), init_dir, cfg)
     cfg, notes = resolve_before_data(cfg)
     t = cfg.train
     if cfg.task == "lm" or t.micro_batch_tokens or t.micro_batch_size or t.global_batch_size:
