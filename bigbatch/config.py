@@ -392,6 +392,10 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    model_given: Optional[list[str]] = None
+    """The model keys the config file and --set gave (written by load_config): a run that starts from another's
+    weights (train.init_from) takes every other model key from that run. None = not known (a config built in
+    Python): keys at their default value are taken from that run."""
 
     def __post_init__(self):
         # with a reference batch the warm-up is rescaled first; the scheduler checks the result
@@ -643,6 +647,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), base:
         given = sets.get("optim") or {}
         if key in given and base not in given and isinstance(values.get("optim"), dict):
             values["optim"][base] = None  # a new lr / warm-up is the one given, not a saved run's base
+    if path is not None and "model_given" in loaded:  # a run's resolved config.yaml: what its user gave
+        given = set(loaded["model_given"] or [])
+    elif path is not None and isinstance(loaded.get("model"), dict):
+        given = set(loaded["model"])
+    else:
+        given = set(values.get("model_given") or [])
+    values["model_given"] = sorted(given | set(sets.get("model") or {}))
     try:
         values = merge(values, sets)
         return from_dict(values, where)

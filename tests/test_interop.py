@@ -254,6 +254,7 @@ def test_models_without_a_hugging_face_counterpart_are_refused_with_the_reason(t
     assets = {"tokenizer.json": tok.tok.to_str().encode()}
     for name, m, reason in (("rope", ModelConfig(pos="rope"), "model.pos=rope"),
                             ("rms", ModelConfig(norm="rmsnorm"), "model.norm=rmsnorm"),
+                            ("embnorm", ModelConfig(embed_norm=True), "model.embed_norm"),
                             ("prenorm", None, "norm_first=true")):
         task = "classify" if m is None else "lm"
         m = m or ModelConfig(num_classes=2)
@@ -423,3 +424,53 @@ def test_bigbatch_trained_bert_and_marian_shapes_export(task, tmp_path):
             tgt = ids[:, :5].clone()
             diff = back(input_ids=ids, attention_mask=mask.long(), decoder_input_ids=tgt).logits - model(ids, tgt, mask)
     assert diff.abs().max() < 1e-4
+
+
+def test_bert_heads_bigbatch_has_no_counterpart_for_are_refused(tmp_path, capsys):
+    """Token classification, regression and masked-LM checkpoints: refused, or (masked LM) the encoder alone."""
+    base = dict(vocab_size=97, hidden_size=24, num_hidden_layers=1, num_attention_heads=2, intermediate_size=30,
+                max_position_embeddings=20)
+    tok = _fast(wordpiece(97), pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]")
+    for name, cls, extra, wanted in (
+            ("token", transformers.BertForTokenClassification, dict(num_labels=3), "BertForTokenClassification"),
+            ("regression", transformers.BertForSequenceClassification, dict(num_labels=1), "regression"),
+            ("mlm", transformers.BertForMaskedLM, {}, None)):
+        cls(transformers.BertConfig(**base, **extra)).save_pretrained(tmp_path / name)
+        tok.save_pretrained(tmp_path / name)
+        code = main(["import-hf", str(tmp_path / name), str(tmp_path / f"{name}-run")])
+        err = capsys.readouterr().err
+        if wanted is None:
+            assert code == 0 and bigbatch.load(tmp_path / f"{name}-run")[1].model.num_classes == 0
+        else:
+            assert code == 2 and wanted in err and not (tmp_path / f"{name}-run").exists()
+
+
+def test_pretrained_sources_package_errors_and_a_stale_import(bert_dir, tmp_path):
+    from bigbatch.errors import UserError
+    from bigbatch.interop.hf import pretrained_run
+
+    for spec, wanted in (("package:no_such_pkg_xyz/model", "no installed Python package"),
+                         ("package:json/nothing_here", "holds no Hugging Face config.json"),
+                         ("package:this", "is a module")):
+        with pytest.raises(UserError, match=wanted):
+            pretrained_run(spec, tmp_path / "run")
+    d, _ = bert_dir
+    assert pretrained_run(str(d), tmp_path / "run") == tmp_path / "run" / "pretrained"
+    assert pretrained_run(str(d), tmp_path / "run") == tmp_path / "run" / "pretrained"  # the same: reused
+    other = tmp_path / "other"
+    shutil.copytree(d, other)
+    with pytest.raises(UserError, match="holds an import of"):
+        pretrained_run(str(other), tmp_path / "run")
+    assert pretrained_run(str(tmp_path / "run"), tmp_path / "x") is None  # a bigbatch run: used as it is
+
+
+def test_translate_decodes_without_building_a_graph():
+    from bigbatch.nn import Seq2Seq
+    from bigbatch.nn.generate import translate
+
+    model = Seq2Seq(vocab_size=20, d_model=16, n_heads=2, n_layers=1).eval()
+    seen = []
+    encode = model.encode
+    model.encode = lambda *a, **k: (seen.append(torch.is_grad_enabled()), encode(*a, **k))[1]
+    translate(model, torch.tensor([[3, 4, 5]]), 1, 2, 4)
+    assert seen == [False]

@@ -239,7 +239,7 @@ def prune_run(run: str | Path, out: str | Path, heads: float = 0.0, ffn: float =
         o = dataclasses.replace(cfg.optim, lr=cfg.optim.lr * 0.3, reference_batch=None, warmup_steps=None,
                                 warmup_fraction=0.05, schedule="linear", min_lr_ratio=0.0, base_lr=None,
                                 base_warmup_steps=None)
-        tuned = dataclasses.replace(cfg, train=t, optim=o)
+        tuned = dataclasses.replace(cfg, train=t, optim=o, model_given=[])  # the pruned model, as it is
         tuned = load_config(None, list(sets), base=tuned) if sets else tuned
         print(f"recovery fine-tuning: {finetune_steps} steps on {cfg.data.source}, lr {tuned.optim.lr:g}",
               file=sys.stderr)

@@ -92,6 +92,8 @@ def fingerprint(spec: PrepareSpec) -> str:
             parts["tokenizer"] = hashlib.sha1(tok_file.read_bytes()).hexdigest() if tok_file.exists() else spec.tokenizer
         except OSError:  # unreadable, or a name too long: loading it says so in one line
             parts["tokenizer"] = spec.tokenizer
+        if spec.task != "lm":
+            parts["input_template"] = True  # model inputs carry the tokenizer's template ([CLS] ... [SEP])
     parts["fields"].pop("skip_bad_rows")
     if spec.task == "vision":
         parts["image"] = [spec.image_size, spec.channels]

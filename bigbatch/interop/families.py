@@ -33,8 +33,8 @@ Row = tuple[str, list[str], str]
 class Family:
     name: str
     task: str
-    to_model: Callable[[dict, set], ModelConfig]
-    """(config.json, the checkpoint's tensor names without prefix) -> ModelConfig."""
+    to_model: Callable[[dict, dict], ModelConfig]
+    """(config.json, the checkpoint's tensor shapes by name, without the body prefix) -> ModelConfig."""
     table: Callable[[ModelConfig], list[Row]]
     """Our tensor names <- theirs (without the model prefix) for a model of this config."""
     to_hf: Callable[[ModelConfig], dict]
@@ -45,8 +45,8 @@ class Family:
     """Tensor names (suffixes) a checkpoint may hold that carry nothing a bigbatch model needs."""
 
 
-def activation(hf: dict, key: str) -> str:
-    name = hf.get(key, "gelu")
+def activation(hf: dict, key: str, default: str) -> str:
+    name = hf.get(key, default)
     if name not in ACTIVATIONS:
         raise UserError(f"config.json: {key}={name!r} is not supported; expected one of {', '.join(ACTIVATIONS)}")
     return ACTIVATIONS[name]
@@ -72,15 +72,26 @@ def _fused(ours: str, parts: list[str]) -> list[Row]:
 
 # ---------------------------------------------------------------------------------------------------- BERT
 
-def bert_model(hf: dict, names: set) -> ModelConfig:
+def bert_model(hf: dict, names: dict) -> ModelConfig:
     require(hf, "position_embedding_type", "absolute", "absolute", "relative position embeddings")
     require(hf, "is_decoder", False, False, "a BERT decoder")
-    classes = len(hf.get("id2label") or {}) if "classifier.weight" in names else 0
+    classes = names["^classifier.weight"][0] if "^classifier.weight" in names else 0
+    if classes:
+        if hf.get("problem_type") not in (None, "single_label_classification"):
+            raise UserError(f"config.json: problem_type={hf['problem_type']!r}: bigbatch classifiers pick one label "
+                            "(single_label_classification)")
+        if classes < 2:
+            raise UserError(f"config.json: a classifier of {classes} output (regression); bigbatch classifiers "
+                            "pick one of 2 or more labels")
+        id2label = hf.get("id2label") or {}
+        if id2label and sorted(int(k) for k in id2label) != list(range(classes)):
+            raise UserError(f"config.json: id2label has ids {sorted(int(k) for k in id2label)}, the classifier "
+                            f"{classes} outputs")
     return ModelConfig(
         vocab_size=hf["vocab_size"], d_model=hf["hidden_size"], n_heads=hf["num_attention_heads"],
         n_layers=hf["num_hidden_layers"], d_ff=hf["intermediate_size"], max_len=hf["max_position_embeddings"],
         pos="learned", norm="layernorm", norm_first=False, norm_eps=hf.get("layer_norm_eps", 1e-12),
-        activation=activation(hf, "hidden_act"), embed_norm=True, type_vocab_size=hf.get("type_vocab_size", 2),
+        activation=activation(hf, "hidden_act", "gelu"), embed_norm=True, type_vocab_size=hf.get("type_vocab_size", 2),
         dropout=hf.get("hidden_dropout_prob", 0.1), pool="cls", pooler="pooler.dense.weight" in names,
         num_classes=classes, pad_id=hf.get("pad_token_id", 0), tie_embeddings=False)
 
@@ -117,14 +128,14 @@ def bert_config(cfg: ModelConfig) -> dict:
 
 # ---------------------------------------------------------------------------------------------------- GPT-2
 
-def gpt2_model(hf: dict, names: set) -> ModelConfig:
+def gpt2_model(hf: dict, names: dict) -> ModelConfig:
     require(hf, "scale_attn_weights", True, True, "unscaled attention")
     require(hf, "scale_attn_by_inverse_layer_idx", False, False, "attention scaled by layer index")
     require(hf, "add_cross_attention", False, False, "cross-attention")
     return ModelConfig(
         vocab_size=hf["vocab_size"], d_model=hf["n_embd"], n_heads=hf["n_head"], n_layers=hf["n_layer"],
         d_ff=hf.get("n_inner") or 4 * hf["n_embd"], max_len=hf["n_positions"], pos="learned", norm="layernorm",
-        norm_first=True, activation=activation(hf, "activation_function"),
+        norm_first=True, activation=activation(hf, "activation_function", "gelu_new"),
         norm_eps=hf.get("layer_norm_epsilon", 1e-5), dropout=hf.get("resid_pdrop", 0.1),
         tie_embeddings=hf.get("tie_word_embeddings", True))
 
@@ -153,7 +164,7 @@ def gpt2_config(cfg: ModelConfig) -> dict:
 
 # ---------------------------------------------------------------------------------------------------- Marian
 
-def marian_model(hf: dict, names: set) -> ModelConfig:
+def marian_model(hf: dict, names: dict) -> ModelConfig:
     for ours, theirs in (("encoder_attention_heads", "decoder_attention_heads"), ("encoder_ffn_dim", "decoder_ffn_dim")):
         if hf[ours] != hf[theirs]:
             raise UserError(f"config.json: {ours}={hf[ours]} and {theirs}={hf[theirs]} differ; bigbatch's "
@@ -167,7 +178,7 @@ def marian_model(hf: dict, names: set) -> ModelConfig:
         vocab_size=hf["vocab_size"], d_model=hf["d_model"], n_heads=hf["encoder_attention_heads"],
         n_layers=hf["encoder_layers"], n_encoder_layers=hf["encoder_layers"], n_decoder_layers=hf["decoder_layers"],
         d_ff=hf["encoder_ffn_dim"], max_len=hf["max_position_embeddings"], pos="sinusoidal", sinusoid_layout="split",
-        norm="layernorm", norm_first=False, activation=activation(hf, "activation_function"),
+        norm="layernorm", norm_first=False, activation=activation(hf, "activation_function", "gelu"),
         output_bias="^final_logits_bias" in names,
         dropout=hf.get("dropout", 0.1), tie_embeddings=True, pad_id=hf["pad_token_id"],
         decoder_start_id=hf.get("decoder_start_token_id", hf["pad_token_id"]))

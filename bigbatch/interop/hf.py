@@ -38,7 +38,7 @@ def read_hf_config(hf_dir: Path) -> tuple[dict, Family, str]:
         raise UserError(f"{path}: not JSON ({e})") from None
     archs = hf.get("architectures") or []
     arch = next((a for a in archs if a in ARCHITECTURES), None)
-    if arch is None and hf.get("model_type") in FAMILIES:  # a config without architectures: the base model
+    if arch is None and not archs and hf.get("model_type") in FAMILIES:  # no architectures named: the base model
         arch = {"bert": "BertModel", "gpt2": "GPT2LMHeadModel", "marian": "MarianMTModel"}[hf["model_type"]]
     if arch is None:
         raise UserError(f"{path}: architecture {archs or hf.get('model_type')!r} is not supported; bigbatch imports "
@@ -109,7 +109,7 @@ def convert(hf: dict, family: Family, tensors: dict, source: Path | str, st_mean
 
     names = _body_names(tensors, family)
     try:
-        model_cfg = family.to_model(hf, set(names))
+        model_cfg = family.to_model(hf, {n: tuple(tensors[k].shape) for n, k in names.items()})
     except KeyError as e:
         raise UserError(f"{source}: config.json has no {e.args[0]!r}, which a {family.name} config needs") from None
     if family.name == "bert" and not model_cfg.num_classes and st_mean:
@@ -185,11 +185,11 @@ def _check_leftovers(tensors: dict, used: set, family: Family, ours: dict, sourc
         if not any(p in name for p in family.ignored):
             raise UserError(f"{source}: tensor {name} {tuple(value.shape)} has no place in a bigbatch "
                             f"{family.task} model; this variant of {family.name} is not supported")
-        if name.endswith("embed_tokens.weight") or name == "lm_head.weight":
-            if value.shape == ours["embed.tok.weight"].shape and not torch.equal(value.float(), ours["embed.tok.weight"]):
-                if name == "lm_head.weight" and "lm_head.weight" in ours:
-                    continue  # untied: imported by the table
-                raise UserError(f"{source}: {name} differs from the token embedding; bigbatch ties them here")
+        if name.endswith("embed_tokens.weight") or name.endswith("lm_head.weight"):
+            tok = ours["embed.tok.weight"]
+            if value.shape != tok.shape or not torch.equal(value.float(), tok):
+                raise UserError(f"{source}: {name} {tuple(value.shape)} differs from the token embedding "
+                                f"{tuple(tok.shape)}; bigbatch ties them in a {family.name} model")
 
 
 def package_dir(spec: str) -> Path:
@@ -197,9 +197,14 @@ def package_dir(spec: str) -> Path:
     import importlib.util
 
     name, _, sub = spec[len("package:"):].partition("/")
-    found = importlib.util.find_spec(name) if name.isidentifier() else None
-    if found is None or not found.submodule_search_locations:
-        raise UserError(f"{spec}: no installed Python package {name!r} (pip install {name.replace('_', '-')})")
+    try:
+        found = importlib.util.find_spec(name) if all(p.isidentifier() for p in name.split(".")) else None
+    except ImportError:  # a dotted name whose parent is not installed
+        found = None
+    if found is None:
+        raise UserError(f"{spec}: no installed Python package {name!r} (pip install {name.replace('_', '-')}?)")
+    if not found.submodule_search_locations:
+        raise UserError(f"{spec}: {name} is a module ({found.origin}), not a package directory")
     return Path(list(found.submodule_search_locations)[0]) / sub
 
 
@@ -216,8 +221,15 @@ def pretrained_run(spec: str, run_dir: Path) -> Path | None:
             raise UserError(f"train.init_from={spec}: {path} holds no Hugging Face config.json")
         return None
     out = Path(run_dir) / "pretrained"
-    if not (out / "config.yaml").exists():
-        import_hf(path, out)
+    if (out / "config.yaml").exists():  # imported by an earlier start of this run: the same checkpoint?
+        try:
+            before = json.loads((out / "summary.json").read_text()).get("imported_from")
+        except (OSError, ValueError):
+            before = None
+        if before != str(path.resolve()):
+            raise UserError(f"train.init_from={spec}: {out} holds an import of {before}; give a new run directory")
+        return out
+    import_hf(path, out)
     return out
 
 
@@ -235,6 +247,8 @@ def export_refusal(task: str, m) -> str | None:
         return "model.pos=rope: GPT-2, BERT and Marian have absolute positions"
     if not m.bias:
         return "model.bias=false: GPT-2, BERT and Marian have biases"
+    if task != "classify" and (m.embed_norm or m.type_vocab_size):
+        return "model.embed_norm / type_vocab_size: only BERT has an embedding norm and token types"
     if m.activation not in HF_ACTIVATIONS:
         return f"model.activation={m.activation} has no Hugging Face name"
     wanted = {"lm": (True, "learned", "GPT-2 (pre-norm, learned positions)"),
@@ -283,8 +297,16 @@ def export_hf(run: str | Path, out_dir: str | Path, encoder_only: bool = False) 
         raise UserError(f"{ckpt}: data.tokenizer={cfg.data.tokenizer} has no tokenizer.json a Hugging Face "
                         "tokenizer can be made of")
     state = {k: v.detach() for k, v in model.state_dict().items()}
+    rows = family.table(m)
+    covered = {name for name, _, _ in rows} | ({"lm_head.weight"} if m.tie_embeddings else set())
+    if encoder_only:
+        covered |= {k for k in state if k.split(".")[0] in ("head", "pooler")}
+    left = sorted(set(state) - covered)
+    if left:  # a tensor the Hugging Face model has no place for: it would compute something else
+        raise UserError(f"{ckpt}: cannot export to Hugging Face: {left[0]} {tuple(state[left[0]].shape)} has no place "
+                        f"in a {family.name} model")
     theirs = {}
-    for name, parts, op in family.table(m):
+    for name, parts, op in rows:
         value = state[name]
         if op == "t":
             value = value.t()
@@ -309,12 +331,15 @@ def export_hf(run: str | Path, out_dir: str | Path, encoder_only: bool = False) 
     tmp = out_dir.parent / f".tmp-{out_dir.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file(theirs, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    (tmp / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
-    export_tokenizer(tokenizer, tmp, m.max_len)
-    if out_dir.exists():
-        out_dir.rmdir()
-    os.replace(tmp, out_dir)
+    try:
+        save_file(theirs, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
+        export_tokenizer(tokenizer, tmp, m.max_len)
+        if out_dir.exists():
+            out_dir.rmdir()
+        os.replace(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 

@@ -66,6 +66,10 @@ def _byte_level_bpe(hf_dir: Path):
 def _marian_unigram(hf_dir: Path):
     """Marian's source.spm scores over its vocab.json ids (pieces of the shared vocabulary the source model lacks
     get a score below all of its own, so they are picked only where nothing else spells the text)."""
+    target = hf_dir / "target.spm"
+    if target.exists() and target.read_bytes() != (hf_dir / "source.spm").read_bytes():
+        raise UserError(f"{hf_dir}: source.spm and target.spm differ; bigbatch segments both sides with one "
+                        "tokenizer (give a tokenizer.json that covers both languages)")
     try:
         import sentencepiece
     except ImportError:

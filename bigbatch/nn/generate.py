@@ -130,13 +130,13 @@ def beam_search(step: Callable[[Tensor, DecodeCache], Tensor], cache: DecodeCach
     return results
 
 
-@torch.no_grad()
 def decoder_start(model, tokenizer) -> int:
     """The id a translator's decoder starts from: model.decoder_start_id where set, else the tokenizer's bos."""
     start = getattr(model.config, "decoder_start_id", None)
     return tokenizer.bos_id if start is None else start
 
 
+@torch.no_grad()
 def translate(model, src_ids: Tensor, bos_id: int, eos_id: int, max_new_tokens: int = 128,
               beam: int = 1, length_penalty: float = 1.0, src_mask: Tensor | None = None) -> list[list[int]]:
     """Decode a Seq2Seq model: src_ids (B, S) -> B lists of target ids (without bos/eos)."""

@@ -414,22 +414,32 @@ def fill_unset_from(saved: Config, cfg: Config) -> Config:
 
 def inherit_from_init(init: Config, init_dir, cfg: Config) -> Config:
     """A run that starts from the weights of ``init`` (train.init_from): its model is init's, except the keys this
-    config sets to something other than their default (dropout, a shorter max_len, ...); the number of classes
+    config gives (Config.model_given: dropout, a shorter max_len, pool, ...); the number of classes
     comes from this run's data; an unset (auto) data.tokenizer is init's, so the ids mean what they meant."""
     from pathlib import Path
 
     from bigbatch.config import ModelConfig
 
     default, mine = ModelConfig(), cfg.model
-    changed = {f.name: getattr(mine, f.name) for f in dataclasses.fields(mine)
-               if getattr(mine, f.name) != getattr(default, f.name)}
+    if cfg.model_given is not None:
+        changed = {k: getattr(mine, k) for k in cfg.model_given if hasattr(mine, k)}
+    else:
+        changed = {f.name: getattr(mine, f.name) for f in dataclasses.fields(mine)
+                   if getattr(mine, f.name) != getattr(default, f.name)}
     model = dataclasses.replace(init.model, **{**changed, "num_classes": mine.num_classes, "quantized": None,
                                               "int8_layers": None})
     data = cfg.data
     if data.tokenizer == "auto":
-        own = Path(init_dir) / "tokenizer.json"
-        tokenizer = str(own.resolve()) if init.data.tokenizer not in ("byte", "pixels", "pcm16") and own.exists() \
-            else init.data.tokenizer
+        init_dir = Path(init_dir)
+        places = [init_dir, init_dir.parent.parent] if init_dir.parent.name == "checkpoints" else [init_dir]
+        own = next((d / "tokenizer.json" for d in places if (d / "tokenizer.json").exists()), None)
+        if init.data.tokenizer in ("byte", "pixels", "pcm16"):
+            tokenizer = init.data.tokenizer
+        elif own is not None:
+            tokenizer = str(own.resolve())
+        else:
+            raise UserError(f"train.init_from={cfg.train.init_from}: no tokenizer.json beside its weights (it was "
+                            f"trained with data.tokenizer={init.data.tokenizer}); set data.tokenizer to that run's")
         data = dataclasses.replace(data, tokenizer=tokenizer)
     return dataclasses.replace(cfg, model=model, data=data)
 

@@ -101,6 +101,8 @@ def _check_compatible(saved_path: Path, cfg: Config) -> None:
     saved = load_config(saved_path / "config.yaml")
     diff = [f"model.{k}: {getattr(saved.model, k)} -> {getattr(cfg.model, k)}"
             for k in dataclasses.asdict(cfg.model) if getattr(saved.model, k) != getattr(cfg.model, k)]
+    if saved.optim.layer_lr_decay != cfg.optim.layer_lr_decay:  # another set of optimizer parameter groups
+        diff.append(f"optim.layer_lr_decay: {saved.optim.layer_lr_decay} -> {cfg.optim.layer_lr_decay}")
     if saved.distill.teacher != cfg.distill.teacher:
         diff.append(f"distill.teacher: {saved.distill.teacher} -> {cfg.distill.teacher}")
     if saved.task != cfg.task or diff:
@@ -115,7 +117,7 @@ def _init_from(model: torch.nn.Module, cfg: Config, dist: Dist, labels: list | N
     other difference is refused."""
     from safetensors.torch import load_file
 
-    from bigbatch.train.checkpoint import resolve_checkpoint, verify
+    from bigbatch.train.checkpoint import checkpoint_asset_files, resolve_checkpoint, verify
 
     init = resolve_checkpoint(cfg.train.init_from)
     verify(init)
@@ -127,7 +129,8 @@ def _init_from(model: torch.nn.Module, cfg: Config, dist: Dist, labels: list | N
         raise UserError(f"{where}: a task={saved.task} run, this run has task={cfg.task}")
     weights = load_file(str(init / "model.safetensors"))
     mine = model.state_dict()
-    same_labels = labels is None or (init / "labels.json").exists() and json.loads((init / "labels.json").read_text()) == labels
+    saved_labels = checkpoint_asset_files(init).get("labels.json")
+    same_labels = labels is None or saved_labels is not None and json.loads(saved_labels) == labels
     fresh, notes = [], []
     for name in list(weights):
         if name.split(".")[0] in ("head", "pooler") and (name not in mine or not same_labels and name.startswith("head.")
@@ -155,6 +158,22 @@ def _init_from(model: torch.nn.Module, cfg: Config, dist: Dist, labels: list | N
                      f"({'other classes' if not same_labels else 'not in the checkpoint'})")
     if dist.is_main:
         print(f"weights from {init}" + (f" ({'; '.join(notes)})" if notes else ""), file=sys.stderr)
+
+
+def _freeze_embeddings(model: torch.nn.Module, cfg: Config, dist: Dist) -> None:
+    """train.freeze_embeddings: the input layers (optim.EMBEDDINGS) keep their weights."""
+    from bigbatch.train.optim import layer_depth
+
+    frozen = [n for n, p in model.named_parameters() if layer_depth(n, 0) == 0 and p.requires_grad]
+    if not frozen:
+        raise UserError(f"train.freeze_embeddings: this {type(model).__name__} has no embedding layers to freeze")
+    for name, p in model.named_parameters():
+        if name in frozen:
+            p.requires_grad_(False)
+    if dist.is_main:
+        tied = " (and the output projection tied to them)" if getattr(model, "lm_head", None) is not None \
+            and cfg.model.tie_embeddings else ""
+        print(f"frozen: {len(frozen)} embedding tensors{tied}", file=sys.stderr)
 
 
 @subnormals_flushed()
@@ -247,9 +266,7 @@ def _train_locked(cfg: Config, run_dir: Path, progress: bool, dist: Dist, device
     elif cfg.train.init_from:
         _init_from(model, cfg, dist, data.labels if get_task(cfg.task).labelled else None)
     if cfg.train.freeze_embeddings:
-        for name, p in model.named_parameters():
-            if name.startswith("embed."):
-                p.requires_grad_(False)
+        _freeze_embeddings(model, cfg, dist)
     objective = functools.partial(get_task(cfg.task).objective, label_smoothing=cfg.train.label_smoothing or 0.0)
     if cfg.distill.teacher:
         from bigbatch.compress.distill import Distiller, init_from_teacher, load_teacher

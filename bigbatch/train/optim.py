@@ -13,12 +13,17 @@ from bigbatch.errors import UserError
 
 def layer_depth(name: str, n_layers: int) -> int:
     """0 for embeddings, i + 1 for block i of a stack, n_layers + 1 for the rest (head, final norm)."""
-    parts = [x for x in name.split(".") if x not in ("module", "_orig_mod")]  # DDP / torch.compile wrappers
-    if parts[0] == "embed":
+    parts = [x for x in name.split(".") if x not in ("module", "_orig_mod", "core")]  # wrappers; audio's core
+    if parts[0] in EMBEDDINGS:
         return 0
     if len(parts) > 2 and parts[1] == "blocks" and parts[2].isdigit():
         return int(parts[2]) + 1
     return n_layers + 1
+
+
+EMBEDDINGS = ("embed", "patch", "pos", "cls", "stem")
+"""First names of the input layers: token / position tables (text), patch embedding, positions, class token and
+convolutional stem (vision, audio)."""
 
 
 def param_groups(model: nn.Module, weight_decay: float, lr: float | None = None, layer_decay: float = 1.0) -> list[dict]:
@@ -26,7 +31,10 @@ def param_groups(model: nn.Module, weight_decay: float, lr: float | None = None,
     < 1 each depth gets its own lr (optim.layer_lr_decay), the top first (the lr the loop logs is group 0's)."""
     names = [n for n, _ in model.named_parameters()]
     n_layers = max((d for d in (layer_depth(n, -1) for n in names) if d > 0), default=0)
-    groups, seen = {}, set()
+    if layer_decay != 1.0 and not n_layers:
+        raise UserError(f"optim.layer_lr_decay={layer_decay:g}: this model ({type(model).__name__}) has no "
+                        "Transformer blocks to decay the learning rate over")
+    groups, seen = ({(0, False): [], (0, True): []} if layer_decay == 1.0 else {}), set()  # two, as always before
     for name, p in model.named_parameters():
         if not p.requires_grad or id(p) in seen:
             continue
