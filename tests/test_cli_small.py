@@ -37,10 +37,10 @@ def test_debug_before_or_after_the_subcommand(argv):
 def test_no_debug_is_one_line_debug_is_the_traceback(tmp_path, capsys):
     missing = str(tmp_path / "no-run")
     assert main(["plot", missing]) == 2
-    assert capsys.readouterr().err.strip().splitlines() == [f"bigbatch: error: {missing}: no metrics.jsonl; "
-                                                            "expected a run directory"]
+    assert capsys.readouterr().err.strip().splitlines() == [f"bigbatch: error: {missing}: no such directory; "
+                                                            "expected a run directory (bigbatch train --run-dir)"]
     for argv in (["--debug", "plot", missing], ["plot", missing, "--debug"]):
-        with pytest.raises(UserError, match="no metrics.jsonl"):
+        with pytest.raises(UserError, match="no such directory"):
             main(argv)
 
 

@@ -173,6 +173,7 @@ def run_figure(run_dirs: list[Path], x: str = "step", panels: list[str] | None =
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
+    from matplotlib.ticker import EngFormatter
 
     colours = [f"C{i}" for i in range(10)] if len(runs) <= 10 else plt.get_cmap("viridis")(
         [i / (len(runs) - 1) for i in range(len(runs))])
@@ -191,6 +192,8 @@ def run_figure(run_dirs: list[Path], x: str = "step", panels: list[str] | None =
     for panel, ax in axes.items():
         ax.set_title(PANELS[panel])
         ax.set_xlabel(xlabel)
+        if key == "tokens":
+            ax.xaxis.set_major_formatter(EngFormatter(sep=""))  # 400k, 1.2M: full counts run into each other
         ax.grid(alpha=0.3)
     fig.legend(handles=handles, loc="lower center", ncol=n_cols, frameon=False, fontsize=9)
     fig.tight_layout(rect=(0, (0.05 + 0.25 * legend_rows) / fig.get_figheight(), 1, 1))  # room for the legend
