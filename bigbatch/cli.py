@@ -517,7 +517,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ih = sub.add_parser("import-hf", help="a Hugging Face checkpoint directory (BERT/MiniLM, GPT-2, Marian) -> a run "
                                           "directory every command accepts")
-    ih.add_argument("hf_dir", help="directory with config.json, model.safetensors or pytorch_model.bin, tokenizer files")
+    ih.add_argument("hf_dir", help="directory with config.json, model.safetensors or pytorch_model.bin, tokenizer "
+                                   "files; or package:NAME/DIR, a directory inside an installed Python package")
     ih.add_argument("out_dir", help="the run directory to write (new or empty)")
     ih.set_defaults(func=cmd_import_hf)
     eh = sub.add_parser("export-hf", help="a run (lm, classify or translate) -> a Hugging Face checkpoint directory "

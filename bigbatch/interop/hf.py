@@ -137,7 +137,8 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path) -> Path:
     """A Hugging Face checkpoint directory -> a bigbatch run directory (the same outputs; every command reads it)."""
     from bigbatch.train.checkpoint import write_weights_run
 
-    hf_dir, out_dir = Path(hf_dir).expanduser(), Path(out_dir).expanduser()
+    hf_dir = package_dir(str(hf_dir)) if str(hf_dir).startswith("package:") else Path(hf_dir).expanduser()
+    out_dir = Path(out_dir).expanduser()
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise UserError(f"{out_dir}: already exists and is not empty; give a new directory (nothing is overwritten)")
     hf, family, arch = read_hf_config(hf_dir)
