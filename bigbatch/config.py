@@ -392,7 +392,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
-    model_given: Optional[list[str]] = None
+    model_given: Optional[list[str]] = field(default=None, compare=False)
     """The model keys the config file and --set gave (written by load_config): a run that starts from another's
     weights (train.init_from) takes every other model key from that run. None = not known (a config built in
     Python): keys at their default value are taken from that run."""
