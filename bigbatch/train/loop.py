@@ -441,7 +441,8 @@ def _print_header(cfg, model, plan, device, fpt, data: TaskData, strategy: str) 
     else:
         learned = data.tokenizer.vocab_size
         short = (f", of data.vocab_size={cfg.data.vocab_size}: the training text gave no more"
-                 if cfg.data.vocab_size and learned < cfg.data.vocab_size * 0.9 else "")
+                 if cfg.data.vocab_size and learned < cfg.data.vocab_size * 0.9
+                 and data.tokenizer.kind in ("bpe", "unigram") else "")  # a trained one, not a given tokenizer.json
         print(f"data: {cfg.data.source} -> {data.shard_dir}; tokenizer {data.tokenizer.kind} "
               f"({learned} ids{short}); " + ", ".join(f"{k} {v['n_examples']:,} examples / "
                                                                f"{v['n_tokens']:,} tokens" for k, v in splits.items()
