@@ -19,7 +19,8 @@ How they run
     gets the flags of FAST[SUB] (a value the command already gives is lowered to the cap, never raised; a flag
     it does not give is appended, except the ones marked "if given"). `bigbatch train` gets
     `--set train.max_steps=6 --set optim.warmup_steps=1 --set train.eval_examples=200 --no-progress` and a small
-    model (`--set model.d_model=32 --set model.n_heads=2 --set model.n_layers=2 ...`), and its run's
+    model (`--set model.d_model=32 --set model.n_heads=2 --set model.n_layers=2 ...`, and for text tasks
+    `--set model.max_len=32 --set data.seq_len=32`; neither when it starts from weights, train.init_from), and its run's
     summary.json must show at most 6 steps (the override really shortened it); eval gets --max-examples 100,
     compress prune --finetune-steps 4, noise-scale --steps 5, and so on (FAST).
 
@@ -56,8 +57,8 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
-import time
 import wave
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,18 +90,22 @@ SHORT_RUN = [("--set", "train.max_steps", MAX_STEPS), ("--set", "optim.warmup_st
 SMALL_MODEL = [("--set", f"model.{key}", n) for key, n in  # a 256 x 4 classifier's 6 steps took minutes
                (("d_model", 32), ("n_heads", 2), ("n_layers", 2), ("n_encoder_layers", 2), ("n_decoder_layers", 2),
                 ("d_ff", 64))]
+SHORT_TEXT = [("--set", "model.max_len", 32), ("--set", "data.seq_len", 32)]  # text tasks: an untrained translator
+# decodes every validation sentence to max_len (gettext's 128: minutes); ViT / audio models refuse a max_len
 FAST = {
-    "train": SHORT_RUN + SMALL_MODEL,
+    "train": SHORT_RUN,
     "compress distill": SHORT_RUN,  # the student: the teacher's (small) model with half its layers
     "compress prune": [("--finetune-steps", 4, "if given"), ("--eval-examples", 200), ("--no-progress",)],
     "compress quantize": [("--eval-examples", 200), ("--no-progress",)],
-    "noise-scale": [("--steps", 5)],  # its estimate needs 5
+    "noise-scale": [("--steps", 5)],  # its estimate needs 5 (the default LM's took 2 minutes)
     "bench throughput": [("--steps", 3)],
     "bench latency": [("--reps", 3)],
     "eval": [("--max-examples", 100)],
     "generate": [("--max-new-tokens", 40)],
     "baseline": [("--max-examples", 2000)],
 }
+MODEL_FROM_CONFIG = ("train", "noise-scale", "bench throughput")  # they also get _model_rules
+
 # Programs a documented command may run: bigbatch (and python -m bigbatch, torchrun -m bigbatch), python
 # scripts, and shell utilities that are fast unless they read a slow command's output.
 UTILITIES = {"cd", "export", "mkdir", "ls", "cat", "echo", "head", "tail", "grep", "wc", "cp", "mv", "rm", "touch",
@@ -523,15 +528,37 @@ def _param(cmd: Command):
 # --------------------------------------------------------------------------- speeding a command up
 
 
-def speed_up(cmd: Command) -> str:
-    """The command line with FAST's flags in each bigbatch segment (raw text kept, edits spliced in)."""
+def _model_rules(seg: Segment, workdir: Path | None) -> list:
+    """SMALL_MODEL (+ SHORT_TEXT for a text task) for a command that builds a model from a config, none for a run
+    that starts from weights (train.init_from: their model). The config is the --set overrides over the YAML
+    file, or over the run's config.yaml when the run directory exists (a resume)."""
+    import yaml
+
+    sets, values = _sets(seg.args), {}
+    configs = [ROOT / seg.args.config] if seg.args.config else []
+    if workdir is not None and getattr(seg.args, "run_dir", None):
+        configs.append(workdir / seg.args.run_dir / "config.yaml")
+    for path in configs:
+        if path.suffix in (".yaml", ".yml") and path.is_file():
+            loaded = yaml.safe_load(path.read_text()) or {}
+            values = {"task": loaded.get("task"), "train.init_from": (loaded.get("train") or {}).get("init_from")}
+    values.update((k, v) for k, v in sets.items() if k in ("task", "train.init_from"))
+    if values.get("train.init_from") not in (None, "", "null"):
+        return []
+    return SMALL_MODEL + (SHORT_TEXT if (values.get("task") or "lm") in ("lm", "classify", "translate") else [])
+
+
+def speed_up(cmd: Command, workdir: Path | None = None) -> str:
+    """The command line with FAST's flags in each bigbatch segment (raw text kept, edits spliced in); a train
+    command keeps the model of the weights it starts from (train.init_from)."""
     edits: list[tuple[int, int, str]] = []  # (start, end, new text) in cmd.text
     for seg in cmd.segments:
         if seg.program != "bigbatch" or seg.args is None or seg.key not in FAST:
             continue
         argv = seg.tokens[seg.argv_at :]
         appended = []
-        for rule in FAST[seg.key]:
+        rules = FAST[seg.key] + (_model_rules(seg, workdir) if seg.key in MODEL_FROM_CONFIG else [])
+        for rule in rules:
             if rule[0] == "--set":
                 key, cap = rule[1], rule[2]
                 hits = [k for k, t in enumerate(argv[1:], 1) if argv[k - 1].value == "--set"
@@ -582,7 +609,6 @@ class Result:
     ran: str = ""
     stdout: str = ""
     stderr: str = ""
-    seconds: float = 0.0
 
 
 class DocRunner:
@@ -620,26 +646,23 @@ class DocRunner:
     def _run(self, cmd: Command) -> Result:
         if cmd.skip or cmd.problem or (not cmd.fast and not self.run_slow):
             return Result(None)
-        ran = speed_up(cmd)
+        ran = speed_up(cmd, self.cwd)
         cwd_file, env_file = self.state / "cwd", self.state / "env"
         script = (f"set -o pipefail\nsource {shlex.quote(str(env_file))}\ncd {shlex.quote(str(self.cwd))}\n"
                   f"{ran}\n__rc=$?\npwd > {shlex.quote(str(cwd_file))}\n"
                   f"export -p > {shlex.quote(str(env_file))}.new && mv {shlex.quote(str(env_file))}.new "
                   f"{shlex.quote(str(env_file))}\nexit $__rc\n")
-        start = time.perf_counter()
+        proc = subprocess.Popen(["bash", "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")}, start_new_session=True)
         try:
-            proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=TIMEOUT_S,
-                                  env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
-            rc, out, err = proc.returncode, proc.stdout, proc.stderr
-        except subprocess.TimeoutExpired as e:
-            rc, out, err = -9, _text(e.stdout), _text(e.stderr) + f"\n(timed out after {TIMEOUT_S} s)"
+            out, err = proc.communicate(timeout=TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # the command's own processes too (torchrun's ranks)
+            out, err = proc.communicate()
+            err += f"\n(killed after {TIMEOUT_S} s)"
         if cwd_file.exists():
             self.cwd = Path(cwd_file.read_text().strip() or self.cwd)
-        return Result(rc, ran, out, err, time.perf_counter() - start)
-
-
-def _text(b) -> str:
-    return b.decode(errors="replace") if isinstance(b, bytes) else (b or "")
+        return Result(proc.returncode, ran, out, err)
 
 
 @pytest.fixture(scope="session")
@@ -694,7 +717,7 @@ def test_documented_command_runs(cmd: Command, doc_runners):
     if res.rc != 0:
         pytest.fail(f"{cmd.id}: exit {res.rc}\ndocumented: {cmd.text}\nran:        {res.ran}\n"
                     + (f"(earlier failures in this document: {', '.join(earlier)})\n" if earlier else "")
-                    + f"stderr tail:\n{_tail(res.stderr)}", pytrace=False)
+                    + f"stderr tail:\n{_tail(res.stderr) or _tail(res.stdout)}", pytrace=False)
     problem = _train_steps_ok(cmd, res, runner.workdir) if runner.cwd == runner.workdir else None
     assert problem is None, f"{cmd.id}: {problem}"
 
@@ -776,7 +799,7 @@ def test_harness_reads_shell_lines_as_bash_does():
     ran = speed_up(cmd)
     first, second = ran.split(" && ")
     assert first.startswith(f"FOO=1 bigbatch train --set train.max_steps={MAX_STEPS} --run-dir runs/a --set ")
-    assert first.endswith(" --set model.d_ff=64 2>err.txt") and " --no-progress " in first
+    assert first.endswith(" --set data.seq_len=32 2>err.txt") and " --no-progress --set model.d_model=32 " in first
     assert second == "bigbatch eval runs/a --max-examples 100 | tail -1"
     assert list(block_commands("console", 10, ["$ bigbatch bench peak  # FLOP/s", "cpu fp32 ...", "$ ls \\",
                                                 "> runs"])) == [(10, "bigbatch bench peak"), (12, "ls runs")]
