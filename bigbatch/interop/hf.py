@@ -284,6 +284,8 @@ def export_hf(run: str | Path, out_dir: str | Path, encoder_only: bool = False) 
         raise UserError(f"{out_dir}: already exists and is not empty; give a new directory (nothing is overwritten)")
     model, cfg = load(ckpt)
     m = cfg.model
+    if encoder_only and cfg.task != "classify":
+        raise UserError(f"--encoder-only: {ckpt} is a task={cfg.task} run; it applies to classifiers")
     why = export_refusal(cfg.task, m)
     if why is None and cfg.task == "classify" and not encoder_only and m.num_classes and not (m.pool == "cls" and m.pooler):
         why = (f"model.pool={m.pool}{', no pooler' if m.pool == 'cls' else ''}: BertForSequenceClassification reads "

@@ -418,7 +418,7 @@ def inherit_from_init(init: Config, init_dir, cfg: Config) -> Config:
     comes from this run's data; an unset (auto) data.tokenizer is init's, so the ids mean what they meant."""
     from pathlib import Path
 
-    from bigbatch.config import ModelConfig
+    from bigbatch.config import DataConfig, ModelConfig
 
     default, mine = ModelConfig(), cfg.model
     if cfg.model_given is not None:
@@ -429,6 +429,8 @@ def inherit_from_init(init: Config, init_dir, cfg: Config) -> Config:
     model = dataclasses.replace(init.model, **{**changed, "num_classes": mine.num_classes, "quantized": None,
                                               "int8_layers": None})
     data = cfg.data
+    if cfg.task == "lm" and data.seq_len == DataConfig().seq_len and model.max_len and data.seq_len > model.max_len:
+        data = dataclasses.replace(data, seq_len=init.data.seq_len)  # the default is longer than its positions
     if data.tokenizer == "auto":
         init_dir = Path(init_dir)
         places = [init_dir, init_dir.parent.parent] if init_dir.parent.name == "checkpoints" else [init_dir]
