@@ -290,6 +290,7 @@ def topic_run(tmp_path_factory):
     return d, run
 
 
+@pytest.mark.slow  # ~100 s on 2 cores: `make test-slow`
 def test_quantize_prune_distill_commands_give_runs_every_command_accepts(topic_run):
     d, run = topic_run
     q = d / "q"
@@ -332,6 +333,7 @@ def test_quantize_prune_distill_commands_give_runs_every_command_accepts(topic_r
     assert "the student starts from the teacher's weights" in proc.stderr and "distillation: teacher" in proc.stderr
 
 
+@pytest.mark.slow  # trains the topic_run fixture (~35 s)
 def test_compress_bad_input_is_one_line_exit_2(topic_run, tmp_path):
     d, run = topic_run
     cases = [

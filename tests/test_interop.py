@@ -292,6 +292,7 @@ def test_a_bigbatch_language_model_exports_to_gpt2(tmp_path):
     assert theirs.eos_token == "<eos>"
 
 
+@pytest.mark.slow  # a training run in a subprocess
 def test_fine_tuning_an_imported_encoder_gets_a_new_head_and_per_layer_lr(bert_dir, tmp_path):
     """train.init_from on a Hugging Face directory: imported into RUN/pretrained, its tokenizer and model kept, a
     new head for other classes, the embeddings frozen, lr decaying by layer."""
