@@ -233,6 +233,27 @@ class TrainConfig:
     batch_warmup_steps: int = 0
     """Ramp the global batch linearly from one micro-batch to the full batch over this many steps (the
     critical batch is small early in training); 0 = the full batch from the start."""
+    batch_schedule: Literal["fixed", "ramp", "adaptive"] = "fixed"
+    """How the global batch moves during training: fixed (the global batch throughout; batch_warmup_steps may ramp
+    it by steps); ramp (linear from batch_start to the global batch over batch_ramp_tokens training tokens,
+    Megatron's rampup-batch-size); adaptive (every batch_adapt_every steps, batch_noise_factor x the measured
+    noise scale B_simple, clamped to [batch_min, batch_max], grown by whole micro-batches). Under ramp / adaptive
+    the lr follows the batch by optim.scale_rule from reference_batch (default: batch_start); docs/large_batch.md."""
+    batch_start: Optional[int] = None
+    """ramp / adaptive: the first global batch, in the global batch's unit (tokens where global_batch_tokens is set,
+    else rows / examples); None = batch_min, else one micro-batch on every rank."""
+    batch_ramp_tokens: Optional[int] = None
+    """ramp: training tokens over which the batch grows from batch_start to the global batch (required)."""
+    batch_adapt_every: int = 10
+    """adaptive: optimiser steps between batch decisions."""
+    batch_min: Optional[int] = None
+    """adaptive: the smallest global batch (the global batch's unit); None = batch_start or one micro-batch a rank."""
+    batch_max: Optional[int] = None
+    """adaptive: the largest global batch; None = the global batch (global_batch_size / global_batch_tokens)."""
+    batch_noise_factor: float = 0.5
+    """adaptive: the global batch is this times the smoothed noise scale B_simple (in targets)."""
+    batch_shrink: bool = False
+    """adaptive: let the batch shrink when the measured noise scale falls (default: it only grows)."""
     max_bad_steps: int = 5
     """Stop after this many optimiser steps in a row whose loss or gradient is not finite (each is skipped)."""
     grad_clip: float = 1.0
@@ -308,6 +329,21 @@ class TrainConfig:
         _non_negative(self, "eval_every", "save_every", "grad_clip", "sample_tokens", "batch_warmup_steps")
         if self.global_batch_size and self.global_batch_tokens:
             raise UserError("set one of train.global_batch_size and train.global_batch_tokens, not both")
+        _positive(self, "batch_start", "batch_ramp_tokens", "batch_adapt_every", "batch_min", "batch_max",
+                  "batch_noise_factor")
+        if self.batch_min and self.batch_max and self.batch_min > self.batch_max:
+            raise UserError(f"train.batch_min={self.batch_min} is larger than train.batch_max={self.batch_max}")
+        given = [k for k in ("batch_start", "batch_ramp_tokens", "batch_min", "batch_max") if getattr(self, k)]
+        if self.batch_schedule == "fixed" and given:
+            raise UserError(f"train.{given[0]} applies to train.batch_schedule=ramp or adaptive, not fixed")
+        if self.batch_schedule != "fixed" and self.batch_warmup_steps:
+            raise UserError(f"train.batch_warmup_steps={self.batch_warmup_steps} is a fixed schedule's ramp; with "
+                            f"train.batch_schedule={self.batch_schedule} leave it 0")
+        if self.batch_schedule == "ramp" and not self.batch_ramp_tokens:
+            raise UserError("train.batch_schedule=ramp needs train.batch_ramp_tokens (tokens over which the batch grows)")
+        if self.batch_schedule == "ramp" and (self.batch_min or self.batch_max):
+            raise UserError("train.batch_min / batch_max apply to batch_schedule=adaptive; a ramp goes from "
+                            "train.batch_start to the global batch")
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):  # else torch.device() fails mid-start
             raise UserError(f"train.device={_show(self.device)} is invalid: expected auto, cpu, cuda or cuda:N")
 

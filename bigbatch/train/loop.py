@@ -33,6 +33,7 @@ from bigbatch.errors import TrainingError, UserError
 from bigbatch.evaluate.evaluate import evaluate
 from bigbatch.nn.models import build_model, count_parameters, flops_per_token
 from bigbatch.tasks import Task, get_task
+from bigbatch.train.batch_schedule import BatchSchedule
 from bigbatch.train.checkpoint import (find_resumable, load_model, load_training_state, mark_best, run_dir_lock,
                                        save_checkpoint, unwrap, write_text_atomic)
 from bigbatch.train.memory import auto_micro_batch, check_model_fits, probe, rows_per_micro_batch
@@ -249,13 +250,8 @@ def _train_locked(cfg: Config, run_dir: Path, progress: bool, dist: Dist, device
         write_text_atomic(run_dir / "config.yaml", cfg.to_yaml())
     setup = setup_run(cfg, device, dist, progress, saved=ckpt)
     cfg, data, plan = setup.cfg, setup.data, setup.plan
-    optim, scaling = scale_for_batch(cfg.optim, global_batch_for_scaling(cfg, plan))
-    cfg = dataclasses.replace(cfg, optim=optim)
-    if dist.is_main:
-        if setup.notes:
-            print("resolved from the task and the data: " + "; ".join(setup.notes), file=sys.stderr)
-        if scaling:
-            print(scaling, file=sys.stderr)
+    if dist.is_main and setup.notes:
+        print("resolved from the task and the data: " + "; ".join(setup.notes), file=sys.stderr)
     valid = data.loader("valid")
 
     check_model_fits(cfg, device, dist.world_size)
@@ -291,7 +287,15 @@ def _train_locked(cfg: Config, run_dir: Path, progress: bool, dist: Dist, device
         data.micro = micro
         data.train = data.loader("train", shuffle=True, seed=cfg.train.seed)
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, micro_batch_size=micro))
+    batch = _batch_schedule(cfg, plan)
+    reference = batch.units if cfg.train.batch_schedule != "fixed" else None  # the lr given is the first batch's
+    optim, scaling = scale_for_batch(cfg.optim, reference or global_batch_for_scaling(cfg, plan))
+    if reference and cfg.optim.reference_batch:
+        reference = cfg.optim.reference_batch
+    cfg = dataclasses.replace(cfg, optim=optim)
     if dist.is_main:
+        if scaling:
+            print(scaling, file=sys.stderr)
         _print_header(cfg, model, plan, device, fpt, data, strategy)
     if cfg.train.activation_checkpointing:
         apply_ac(model)
@@ -321,6 +325,7 @@ def _train_locked(cfg: Config, run_dir: Path, progress: bool, dist: Dist, device
         data.train.load_state_dict(saved["data"])
         _restore_rng(saved["rng"], dist, cfg.train.seed)
         state = {"step": saved["step"], "tokens": saved["tokens"]}
+        batch.load_state_dict(saved.get("batch") or {})
         noise_state = saved.get("noise")
         clocks = (saved.get("train_seconds", 0.0), saved.get("last_eval_clock", 0.0), saved.get("best"),
                   saved.get("early_stopped", False))
@@ -335,6 +340,9 @@ def _train_locked(cfg: Config, run_dir: Path, progress: bool, dist: Dist, device
                    peak_flops(device, cfg.train.precision, cfg.train.peak_flops), fpt, dist=dist, strategy=strategy,
                    precision=precision, start_tokens=state["tokens"])
     ctx.best = BestTracker(metric_for(cfg, strategy))
+    ctx.batch, ctx.reference_units = batch, reference
+    if reference:
+        scheduler.batch_factor = batch.lr_factor(reference)
     if noise_state:
         ctx.noise.load_state_dict(noise_state)
     if ckpt is not None:  # the budget, cadence and best-so-far carry over: a resumed run ends where it would have
@@ -414,6 +422,9 @@ class _Context:
     start_tokens: int = 0
     stopped: bool = False  # by a signal (on any rank)
     noise: NoiseScale = dataclasses.field(default_factory=NoiseScale)
+    batch: BatchSchedule | None = None
+    reference_units: int | None = None  # ramp / adaptive: the batch the lr was given at
+    warned_batch: bool = False  # the "far above the noise scale" line, printed once
     best: BestTracker = dataclasses.field(default_factory=lambda: BestTracker("loss"))
     clock: float = 0.0  # rank 0's train_seconds, the same on every rank: schedule, cadence and budget follow it
     last_eval_clock: float = 0.0
@@ -452,6 +463,39 @@ def _print_header(cfg, model, plan, device, fpt, data: TaskData, strategy: str) 
           f"device {device}{threads}", file=sys.stderr)
 
 
+def _batch_schedule(cfg: Config, plan: BatchPlan) -> BatchSchedule:
+    tokens = plan.unit == "rows" and bool(cfg.train.global_batch_tokens)
+    return BatchSchedule(cfg, plan.micro, plan.accum_steps, plan.ranks, plan.seq_len if tokens else 1,
+                         "tokens" if tokens else plan.unit)
+
+
+def _next_batch(ctx: _Context, state: dict, result: _StepResult, bar) -> None:
+    """After a step: the adaptive decision (rank 0's, on every rank), the batch of the next step, the lr that
+    follows it; a line for every change, and one when a fixed batch is far above the measured noise scale."""
+    batch, t, before = ctx.batch, ctx.cfg.train, ctx.batch.units
+    batch.adapt(state["step"], ctx.noise.value, result.n_targets, result.micro_batches)
+    if ctx.dist.enabled and batch.kind == "adaptive" and state["step"] % t.batch_adapt_every == 0:
+        batch.k = int(ctx.dist.broadcast(batch.k))
+    batch.micro_batches(state["step"], state["tokens"])  # ramp: follows the tokens
+    if ctx.reference_units:
+        ctx.scheduler.batch_factor = batch.lr_factor(ctx.reference_units)
+    if batch.units != before and ctx.dist.is_main:
+        why = f" ({t.batch_noise_factor:g} x noise scale {ctx.noise.value:,.0f} targets)" if batch.kind == "adaptive" else ""
+        bar.bar.write(f"step {state['step']}: global batch {before:,} -> {batch.units:,} {batch.unit}{why}; "
+                      f"lr x{ctx.scheduler.batch_factor:.3g}", file=sys.stderr)
+    noise = ctx.noise.value
+    if (batch.kind == "fixed" and not ctx.warned_batch and noise and ctx.noise.updates >= 20
+            and result.n_targets > 3 * noise and ctx.dist.is_main):
+        ctx.warned_batch = True
+        bar.bar.write(f"note: the critical batch measured so far is ~{_round(noise)} targets; the global batch of "
+                      f"{result.n_targets:,} wastes tokens now; consider train.batch_schedule=adaptive "
+                      "(docs/large_batch.md)", file=sys.stderr)
+
+
+def _round(x: float) -> str:
+    return f"{x / 1000:.0f}k" if x >= 1000 else f"{x:.0f}"
+
+
 def micro_batches_at(step: int, accum_steps: int, batch_warmup_steps: int) -> int:
     """Micro-batches in optimiser step ``step`` (0-based): the batch-size warm-up ramps from 1 to all."""
     if batch_warmup_steps <= 0 or step >= batch_warmup_steps:
@@ -469,9 +513,11 @@ class _StepResult:
     signalled: bool  # some rank was asked to stop by a signal
     time_up: bool  # rank 0's clock passed train.max_time_s
     clock: float  # rank 0's seconds of training before this step: every rank's schedule and cadence follow it
+    micro_batches: int = 1  # on each rank
 
 
-def _step(ctx: _Context, precision: Precision, step: int, signalled: bool = False, time_up: bool = False) -> _StepResult:
+def _step(ctx: _Context, precision: Precision, step: int, signalled: bool = False, time_up: bool = False,
+          tokens_before: int = 0) -> _StepResult:
     """One optimiser step over the global batch.
 
     The target count N of the global batch (all micro-batches, all ranks) is known before any
@@ -481,7 +527,7 @@ def _step(ctx: _Context, precision: Precision, step: int, signalled: bool = Fals
     stop after the same step.
     """
     dist = ctx.dist
-    k = micro_batches_at(step, ctx.plan.accum_steps, ctx.cfg.train.batch_warmup_steps)
+    k = ctx.batch.micro_batches(step, tokens_before)
     micro = [ctx.data.train.next_batch() for _ in range(k)]
     n_local, tokens_local = sum(b["n_targets"] for b in micro), sum(ctx.task.input_tokens(b) for b in micro)
     n_total, tokens = (int(x) for x in dist.sum([n_local, tokens_local], ctx.device)) if dist.enabled \
@@ -526,7 +572,7 @@ def _step(ctx: _Context, precision: Precision, step: int, signalled: bool = Fals
         applied = False
     ctx.optimizer.zero_grad(set_to_none=True)
     clock = clock if dist.enabled else ctx.train_seconds
-    return _StepResult(float(loss_total), float(grad_norm), n_total, tokens, applied, signalled, time_up, clock)
+    return _StepResult(float(loss_total), float(grad_norm), n_total, tokens, applied, signalled, time_up, clock, k)
 
 
 def _grad_sq_norm(model: torch.nn.Module) -> torch.Tensor:
@@ -579,7 +625,7 @@ def _run(ctx: _Context, state: dict, stop: _StopSignal, progress: bool) -> None:
             ctx.stopped = stop.signum is not None
             break
         ctx.data.train.drawn.clear()
-        result = _step(ctx, precision, state["step"], stop.signum is not None, time_up)
+        result = _step(ctx, precision, state["step"], stop.signum is not None, time_up, state["tokens"])
         loss_sum, grad_norm, n, tokens, applied = (result.loss_sum, result.grad_norm, result.n_targets, result.tokens,
                                                    result.applied)
         state["step"] += 1
@@ -600,6 +646,8 @@ def _run(ctx: _Context, state: dict, stop: _StopSignal, progress: bool) -> None:
         window_loss, window_n, window_tokens = window_loss + loss_sum, window_n + n, window_tokens + tokens
         ctx.train_seconds += time.perf_counter() - step_start
         ctx.clock = result.clock if ctx.dist.enabled else ctx.train_seconds
+        step_batch = result.micro_batches * ctx.batch.step_units  # this step's global batch
+        _next_batch(ctx, state, result, bar)
         ctx.scheduler.progress = _progress(ctx, state)
         ctx.scheduler.step()
         bar.update(ctx, state)
@@ -609,7 +657,8 @@ def _run(ctx: _Context, state: dict, stop: _StopSignal, progress: bool) -> None:
             tps = window_tokens / seconds
             mfu = tps * ctx.flops_per_token / (ctx.peak * ctx.dist.world_size) if ctx.peak else None  # per device
             row = {"step": state["step"], "tokens": state["tokens"], "loss": loss, "lr": ctx.scheduler.get_last_lr()[0],
-                   "grad_norm": float(grad_norm), "tokens_per_s": tps, "mfu": mfu, "elapsed_s": ctx.train_seconds}
+                   "grad_norm": float(grad_norm), "tokens_per_s": tps, "mfu": mfu, "elapsed_s": ctx.train_seconds,
+                   "global_batch": step_batch}
             if ctx.noise.value is not None:
                 row["noise_scale"] = ctx.noise.value  # B_simple, in targets (tokens for LM / translation)
             if precision.scaler.is_enabled():
@@ -684,7 +733,7 @@ def _save(ctx: _Context, state: dict, best: bool = False) -> None:
     trainer_state = {"scheduler": ctx.scheduler.state_dict(), "data": ctx.data.train.state_dict(),
                      "rng": rng, "noise": ctx.noise.state_dict(), "world_size": ctx.dist.world_size,
                      "parallel": ctx.strategy, "train_seconds": ctx.clock, "last_eval_clock": ctx.last_eval_clock,
-                     "best": ctx.best.state_dict(), "early_stopped": ctx.early_stopped,
+                     "best": ctx.best.state_dict(), "early_stopped": ctx.early_stopped, "batch": ctx.batch.state_dict(),
                      "scaler": ctx.precision.scaler.state_dict(), **state}
     save_checkpoint(ctx.run_dir / "checkpoints", state["step"], ctx.model, ctx.optimizer, trainer_state,
                     ctx.cfg, ctx.cfg.train.keep_last, ctx.dist, best=best, assets=ctx.data.assets())

@@ -149,7 +149,8 @@ class RunSchedule(torch.optim.lr_scheduler.LambdaLR):
 
     def __init__(self, optimizer: torch.optim.Optimizer, cfg: OptimConfig, max_steps: int | None):
         self.progress = None if max_steps else 0.0
-        super().__init__(optimizer, lambda step: lr_factor(step, cfg, max_steps, self.progress))
+        self.batch_factor = 1.0  # ramp / adaptive batch: the scaling rule's multiplier for the current batch
+        super().__init__(optimizer, lambda step: lr_factor(step, cfg, max_steps, self.progress) * self.batch_factor)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, max_steps: int | None) -> RunSchedule:

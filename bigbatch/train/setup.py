@@ -83,6 +83,12 @@ def plan_batch(cfg: Config, ranks: int = 1) -> BatchPlan:
         total = t.global_batch_tokens or given_micro * ranks
     else:
         unit, name, total = "examples", "train.micro_batch_size", t.global_batch_size or (given_micro or 32) * ranks
+    smallest = t.batch_start or t.batch_min if t.batch_schedule != "fixed" else None
+    if smallest and not given_micro:  # ramp / adaptive: micro-batches of the smallest batch, the rest accumulation
+        if unit == "rows" and t.global_batch_tokens:
+            smallest = smallest // seq_len if smallest % seq_len == 0 else 0
+        if smallest and smallest % ranks == 0:
+            given_micro = smallest // ranks
     micro = given_micro or max(total // ranks, 1)
     if micro * ranks > total or total % (micro * ranks):
         per = f" x {ranks} ranks" if ranks > 1 else ""
