@@ -37,20 +37,25 @@ def test_adaptive_follows_the_noise_scale_clamped_and_only_grows():
     assert s.units == 2
     # 64 targets a micro-batch: 0.5 x 600 / 64 = 4.7 -> 5 micro-batches
     assert s.adapt(4, 600.0, 128, 2) is None and s.units == 2  # not a decision step
-    assert s.adapt(5, 600.0, 128, 2) and s.units == 5
-    assert s.adapt(10, 100.0, 320, 5) is None and s.units == 5  # a smaller estimate does not shrink it
-    assert s.adapt(15, 1e6, 320, 5) and s.units == 12  # batch_max
+    assert s.adapt(5, 600.0, 128, 2, updates=19) is None  # too few measurements yet
+    assert s.adapt(5, 600.0, 128, 2) and s.units == 4  # at most doubling
+    assert s.adapt(10, 600.0, 256, 4) and s.units == 5
+    assert s.adapt(15, 100.0, 320, 5) is None and s.units == 5  # a smaller estimate does not shrink it
+    assert s.adapt(20, 1e6, 320, 5) and s.units == 10 and s.adapt(25, 1e6, 640, 10) and s.units == 12  # batch_max
     assert s.lr_factor(2) == pytest.approx(6 ** 0.5)  # sqrt rule from the reference batch
     shrinking = schedule("train.batch_schedule=adaptive", "train.batch_min=2", "train.batch_max=12",
                          "train.batch_shrink=true", "train.batch_adapt_every=1")
     shrinking.adapt(1, 2000.0, 128, 2)
-    shrinking.adapt(2, 10.0, 128, 2)
-    assert shrinking.units == 2
+    shrinking.adapt(2, 2000.0, 256, 4)
+    assert shrinking.units == 8
+    shrinking.adapt(3, 10.0, 512, 8)
+    assert shrinking.units == 4
 
 
 def test_sgd_follows_the_batch_linearly():
     s = schedule("train.batch_schedule=adaptive", "train.batch_min=2", "optim.name=sgd", "train.batch_adapt_every=1")
     s.adapt(1, 64.0 * 8, 64, 1)
+    s.adapt(2, 64.0 * 8, 128, 2)
     assert s.units == 4 and s.lr_factor(2) == pytest.approx(2.0)  # 0.5 x 512 / 64 = 4
 
 
@@ -77,7 +82,7 @@ def test_a_batch_that_is_not_whole_micro_batches_exits_2_in_one_line(tmp_path):
 
 ADAPTIVE = QUIET + ["train.max_steps=30", "train.batch_schedule=adaptive", "train.global_batch_size=16",
                     "train.batch_min=2", "train.micro_batch_size=1", "train.batch_adapt_every=3",
-                    "train.save_every=12", "train.keep_last=5", "train.batch_noise_factor=4"]
+                    "train.save_every=24", "train.keep_last=5", "train.batch_noise_factor=100"]
 
 
 @pytest.fixture(scope="module")
@@ -102,14 +107,13 @@ def test_adaptive_run_grows_its_batch_and_its_lr(adaptive_run):
 
 def test_adaptive_run_resumes_exactly_after_its_batch_changed(adaptive_run, tmp_path):
     rows = train_rows(adaptive_run)
-    assert rows[11]["global_batch"] != rows[0]["global_batch"]  # the checkpoint at step 12 is after a change
+    assert rows[23]["global_batch"] != rows[0]["global_batch"]  # the checkpoint at step 24 is after a change
     resumed = tmp_path / "resumed"
     shutil.copytree(adaptive_run, resumed)
-    for late in ("step_00000024", "step_00000030"):
-        shutil.rmtree(resumed / "checkpoints" / late)
-    (resumed / "checkpoints" / "latest").write_text("step_00000012\n")
-    trainer = json.loads((resumed / "checkpoints" / "step_00000012" / "trainer.json").read_text())
-    assert trainer["batch"]["units"] == rows[12]["global_batch"]  # the batch of the next step
+    shutil.rmtree(resumed / "checkpoints" / "step_00000030")
+    (resumed / "checkpoints" / "latest").write_text("step_00000024\n")
+    trainer = json.loads((resumed / "checkpoints" / "step_00000024" / "trainer.json").read_text())
+    assert trainer["batch"]["units"] == rows[24]["global_batch"]  # the batch of the next step
     train(load_config(TINY, ADAPTIVE), resumed, progress=False)
     again = train_rows(resumed)
     keys = ("loss", "global_batch", "lr", "tokens", "noise_scale")

@@ -7,7 +7,8 @@ examples). adaptive: every batch_adapt_every steps, the batch becomes
     clamp(c · B_noise, batch_min, batch_max)        B_noise: the smoothed online B_simple, in targets
 
 converted to micro-batches with the targets the last step counted per micro-batch (every rank sees the same
-all-reduced numbers, so all take the same decision). Growing only, unless train.batch_shrink. The lr follows
+all-reduced numbers, so all take the same decision), after 20 measurements and at most doubling per
+decision (an early estimate is a ratio of two noisy differences). Growing only, unless train.batch_shrink. The lr follows
 the batch by optim.scale_rule from the reference batch (optim.reference_batch, default batch_start).
 """
 
@@ -17,6 +18,8 @@ import math
 
 from bigbatch.config import Config
 from bigbatch.errors import UserError
+
+MIN_UPDATES = 20  # noise-scale measurements before the first adaptive decision: 1 / (1 - EMA 0.95)
 
 
 class BatchSchedule:
@@ -67,15 +70,16 @@ class BatchSchedule:
             self.k = max(self.k_start, min(self.k_max, math.ceil(self.k_start + (self.k_max - self.k_start) * done)))
         return self.k
 
-    def adapt(self, step: int, noise: float | None, n_targets: int, k_used: int) -> str | None:
+    def adapt(self, step: int, noise: float | None, n_targets: int, k_used: int, updates: int = MIN_UPDATES) -> str | None:
         """After step ``step`` (1-based) of ``k_used`` micro-batches a rank and ``n_targets`` targets: the new
-        adaptive batch, returning a line to print when it changed."""
+        adaptive batch, returning a line to print when it changed. No decision before the smoothed estimate has
+        MIN_UPDATES measurements (the first are dominated by noise); at most doubling (or halving) at a time."""
         t = self.cfg.train
-        if self.kind != "adaptive" or step % t.batch_adapt_every or noise is None or n_targets <= 0:
+        if (self.kind != "adaptive" or step % t.batch_adapt_every or noise is None or n_targets <= 0
+                or updates < MIN_UPDATES):
             return None
-        want = self.choose(noise, n_targets / k_used)
-        if not t.batch_shrink:
-            want = max(want, self.k)
+        want = min(self.choose(noise, n_targets / k_used), 2 * self.k)
+        want = max(want, self.k if not t.batch_shrink else math.ceil(self.k / 2))
         if want == self.k:
             return None
         before, self.k = self.units, want

@@ -459,6 +459,12 @@ def _print_header(cfg, model, plan, device, fpt, data: TaskData, strategy: str) 
                                                                f"{v['n_tokens']:,} tokens" for k, v in splits.items()
                                                                if v["n_examples"]), file=sys.stderr)
     ranks = f"ranks {plan.ranks} ({strategy})" if strategy != "none" else "ranks 1"
+    if cfg.train.batch_schedule != "fixed":
+        b = _batch_schedule(cfg, plan)
+        print(f"batch schedule: {cfg.train.batch_schedule}, {b.units:,} -> at most {b.k_max * b.step_units:,} {b.unit} "
+              f"in steps of {b.step_units:,}" + (f", {cfg.train.batch_noise_factor:g} x the noise scale every "
+                                                 f"{cfg.train.batch_adapt_every} steps" if b.kind == "adaptive" else
+                                                 f" over {cfg.train.batch_ramp_tokens:,} tokens"), file=sys.stderr)
     print(f"batch: {plan.describe()}, accumulation {plan.accum_steps}, {ranks}; lr {cfg.optim.lr:g}; "
           f"device {device}{threads}", file=sys.stderr)
 
@@ -473,7 +479,7 @@ def _next_batch(ctx: _Context, state: dict, result: _StepResult, bar) -> None:
     """After a step: the adaptive decision (rank 0's, on every rank), the batch of the next step, the lr that
     follows it; a line for every change, and one when a fixed batch is far above the measured noise scale."""
     batch, t, before = ctx.batch, ctx.cfg.train, ctx.batch.units
-    batch.adapt(state["step"], ctx.noise.value, result.n_targets, result.micro_batches)
+    batch.adapt(state["step"], ctx.noise.value, result.n_targets, result.micro_batches, ctx.noise.updates)
     if ctx.dist.enabled and batch.kind == "adaptive" and state["step"] % t.batch_adapt_every == 0:
         batch.k = int(ctx.dist.broadcast(batch.k))
     batch.micro_batches(state["step"], state["tokens"])  # ramp: follows the tokens
