@@ -120,6 +120,7 @@ def test_adaptive_run_resumes_exactly_after_its_batch_changed(adaptive_run, tmp_
     assert [[r.get(k) for k in keys] for r in again] == [[r.get(k) for k in keys] for r in rows]
 
 
+@pytest.mark.slow
 def test_fixed_schedule_is_unchanged_by_the_new_keys(tmp_path):
     cfg = load_config(TINY, QUIET + ["train.max_steps=6"])
     assert dataclasses.replace(cfg).train.batch_schedule == "fixed"
