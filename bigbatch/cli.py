@@ -281,7 +281,9 @@ def cmd_noise_scale(args) -> int:
         print(json.dumps(result))
     else:
         print(f"gradient noise scale B_simple = {result['noise_scale']:,.0f} {result['unit']} after {args.steps} steps; "
-              f"recommended global batch: {result['recommended_setting']}")
+              f"recommended global batch: {result['recommended_setting']}; train.batch_schedule=adaptive "
+              f"(batch_noise_factor {cfg.train.batch_noise_factor:g}) would choose {result['adaptive_batch']:,} "
+              f"{result['adaptive_unit']} now")
     return 0
 
 

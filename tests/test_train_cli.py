@@ -1,6 +1,7 @@
 """The real command line on real (builtin) data with a tiny model: run dir, resume, signals, errors."""
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -213,6 +214,7 @@ def test_noise_scale_command(tmp_path):
     result = json.loads(out.stdout)
     assert result["noise_scale"] > 0 and result["unit"] == "tokens"
     assert result["recommended_batch"] % 64 == 0 and result["recommended_setting"].startswith("train.global_batch_tokens=")
+    assert result["adaptive_unit"] == "rows" and result["adaptive_batch"] == math.ceil(0.5 * result["noise_scale"] / 64)
 
 
 def test_crash_during_checkpoint_write_keeps_the_previous(tmp_path, monkeypatch):

@@ -51,4 +51,9 @@ def measure_noise_scale(cfg: Config, steps: int = 50, progress: bool = True) -> 
         out.update(recommended_batch=max(1, round(b)), recommended_setting=f"train.global_batch_size={max(1, round(b))}")
     else:
         out.update(recommended_batch=max(1, round(b)), recommended_setting=f"train.global_batch_tokens≈{round(b)} target tokens")
+    t = cfg.train  # what batch_schedule=adaptive would set now: c x B_simple, in the global batch's unit
+    per = cfg.data.seq_len if cfg.task == "lm" and not t.global_batch_tokens else 1
+    chosen = max(1, math.ceil(t.batch_noise_factor * b / per))
+    chosen = min(t.batch_max or chosen, max(t.batch_min or 1, chosen))
+    out.update(adaptive_batch=chosen, adaptive_unit="rows" if per > 1 else unit)
     return out
